@@ -1,0 +1,16 @@
+#pragma once
+// xiio: a really simple coroutine runtime for Linux. This header is the table of contents.
+//
+//   xiio/errors.hpp   CancelledError, TimeoutError, IncompleteReadError
+//   xiio/loop.hpp     Clock, Events, Files; the loop and its Poller seam (detail)
+//   xiio/task.hpp     Task<T>, run()
+//   xiio/core.hpp     Condition, Future, sleep, sleep_until, yield
+//   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
+//
+// The Asio compat layer is separate: #include <xiio/asio.hpp>.
+
+#include <xiio/core.hpp>
+#include <xiio/errors.hpp>
+#include <xiio/io.hpp>
+#include <xiio/loop.hpp>
+#include <xiio/task.hpp>

@@ -1,0 +1,333 @@
+#pragma once
+// The core vocabulary of the seed: Condition, Future, sleep and yield.
+//
+// Every awaitable here is a "leaf": it registers a detail::Wait with the loop in
+// await_suspend and removes it in await_resume. A leaf first takes an exception thrown in
+// while its task was running (a cancellation): it then does not suspend and throws it.
+
+#include <xiio/task.hpp>
+
+#include <chrono>
+#include <initializer_list>
+#include <optional>
+#include <ranges>
+#include <stdexcept>
+#include <vector>
+
+namespace xiio {
+
+class FutureBase;
+
+namespace detail {
+
+/// Binds `w` to the awaiting task. False: an exception is pending for this task; it was
+/// moved into `w` and the leaf must not suspend (await_resume throws it).
+template <class P> bool begin_wait(Wait& w, std::coroutine_handle<P> h) noexcept {
+    Runner& r = *h.promise().runner_;
+    w.runner = &r;
+    w.woken = false;
+    if (r.pending_) {
+        w.error = std::exchange(r.pending_, nullptr);
+        return false;
+    }
+    return true;
+}
+
+/// Removes `w`'s registrations and throws what was thrown in while it waited.
+inline void end_wait(Wait& w) {
+    if (!w.runner)
+        return;
+    w.runner->loop->detach(w);
+    w.runner = nullptr;
+    if (w.error)
+        std::rethrow_exception(std::exchange(w.error, nullptr));
+}
+
+/// Detaches a wait whose frame is destroyed while suspended (loop teardown).
+inline void drop_wait(Wait& w) noexcept {
+    if (w.runner)
+        w.runner->loop->detach(w);
+}
+
+} // namespace detail
+
+/// Something a task may wait for: readiness of fds, a future being done, a deadline.
+/// `co_await condition` suspends until any part holds and returns the ready fds (empty
+/// when the deadline or a future fired). g++ 12 rejects a braced list inside co_await:
+/// build the Condition first (`Condition c{.files = {{fd, READ}}}; co_await c;`).
+struct Condition {
+    Files files;
+    std::vector<const FutureBase*> futures;
+    Clock::time_point time = Clock::time_point::max();
+
+    /// One condition that holds when any of `conditions` holds.
+    static Condition combine(std::initializer_list<Condition> conditions) {
+        return combine_range(conditions);
+    }
+    template <std::ranges::input_range R>
+        requires std::convertible_to<std::ranges::range_reference_t<R>, const Condition&>
+    static Condition combine(R&& conditions) {
+        return combine_range(conditions);
+    }
+
+    /// Whether any part holds, given the fds reported ready.
+    bool fulfilled(const Files& ready) const;
+
+private:
+    template <class R> static Condition combine_range(const R& conditions) {
+        Condition result;
+        for (const Condition& c : conditions) {
+            for (auto [fd, events] : c.files)
+                result.files[fd] |= events;
+            for (const FutureBase* f : c.futures)
+                if (std::find(result.futures.begin(), result.futures.end(), f) ==
+                    result.futures.end())
+                    result.futures.push_back(f);
+            result.time = std::min(result.time, c.time);
+        }
+        return result;
+    }
+};
+
+/// The part of a future that conditions see: whether it is done.
+class FutureBase {
+public:
+    FutureBase() = default;
+    FutureBase(const FutureBase&) = delete;
+    FutureBase& operator=(const FutureBase&) = delete;
+
+    bool done() const noexcept { return done_; }
+
+protected:
+    ~FutureBase() {
+        // Waiters must not read a dead future: they get an error instead.
+        while (detail::FutureNode* n = waiters_.head) {
+            waiters_.unlink(*n);
+            n->wait->error = std::make_exception_ptr(
+                std::logic_error("xiio::Future destroyed while a task awaited it"));
+            n->wait->runner->loop->wake(*n->wait);
+        }
+    }
+    void finish() {
+        if (done_)
+            throw std::logic_error("xiio::Future: result already set");
+        done_ = true;
+        for (detail::FutureNode* n = waiters_.head; n; n = n->next)
+            n->wait->runner->loop->wake(*n->wait);
+    }
+
+private:
+    friend struct Condition;
+    template <class> friend class Future;
+    friend class ConditionAwaiter;
+    bool done_ = false;
+    mutable detail::WaiterList waiters_;
+};
+
+/// A value that some task sets and any number of tasks await (loop-local: set it from
+/// tasks of the same loop, or before the loop runs). Neither copyable nor movable.
+template <class T = void> class Future : public FutureBase {
+    static_assert(std::is_void_v<T> || std::is_copy_constructible_v<T>,
+                  "Future<T> requires a copyable T: every waiter gets a copy");
+
+public:
+    Future() = default;
+
+    template <class U = T>
+        requires(!std::is_void_v<U>)
+    void set_result(U value) {
+        if (done())
+            throw std::logic_error("xiio::Future: result already set");
+        value_.emplace(std::move(value));
+        finish();
+    }
+    template <class U = T>
+        requires std::is_void_v<U>
+    void set_result() {
+        finish();
+    }
+    void set_exception(std::exception_ptr e) {
+        if (done())
+            throw std::logic_error("xiio::Future: result already set");
+        error_ = std::move(e);
+        finish();
+    }
+
+    /// Waits until the future is done; a copy of its value, or rethrows its exception.
+    struct Awaiter {
+        const Future* f_;
+        detail::FutureNode node_;
+        detail::Wait w_;
+
+        explicit Awaiter(const Future* f) noexcept : f_(f) {}
+        Awaiter(Awaiter&&) = delete;
+        ~Awaiter() { detail::drop_wait(w_); }
+        bool await_ready() const noexcept { return false; }
+        template <detail::XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+            if (!detail::begin_wait(w_, h) || f_->done())
+                return false;
+            node_.wait = &w_;
+            w_.futures = {&node_, 1};
+            f_->waiters_.push(node_);
+            w_.runner->loop->suspend(*w_.runner, w_, h);
+            return true;
+        }
+        T await_resume() {
+            detail::end_wait(w_);
+            if (f_->error_)
+                std::rethrow_exception(f_->error_);
+            if constexpr (!std::is_void_v<T>)
+                return *f_->value_;
+        }
+    };
+    Awaiter operator co_await() const noexcept { return Awaiter(this); }
+
+private:
+    struct Empty {};
+    std::optional<std::conditional_t<std::is_void_v<T>, Empty, T>> value_;
+    std::exception_ptr error_;
+};
+
+inline bool Condition::fulfilled(const Files& ready) const {
+    if (time <= Clock::now())
+        return true;
+    for (const FutureBase* f : futures)
+        if (f->done())
+            return true;
+    for (auto [fd, events] : files)
+        if (auto it = ready.find(fd); it != ready.end() && (it->second & events))
+            return true;
+    return false;
+}
+
+/// Waits for a Condition; owns a copy (or the moved) condition and one node per part.
+class ConditionAwaiter : public detail::Leaf<ConditionAwaiter, Files> {
+public:
+    explicit ConditionAwaiter(Condition c) : c_(std::move(c)) {}
+    ConditionAwaiter(ConditionAwaiter&& o) noexcept : c_(std::move(o.c_)) {}
+    ~ConditionAwaiter() { detail::drop_wait(w_); }
+
+    bool await_ready() const noexcept { return false; }
+    template <detail::XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+        if (!detail::begin_wait(w_, h))
+            return false;
+        detail::Loop& loop = *w_.runner->loop;
+        bool now = c_.time <= Clock::now();
+        fds_.reserve(c_.files.size());
+        futures_.reserve(c_.futures.size());
+        w_.fds = {fds_.data(), 0};
+        try {
+            for (auto [fd, events] : c_.files) {
+                if (!events)
+                    continue;
+                detail::FdNode& n = fds_.emplace_back();
+                n.wait = &w_;
+                n.fd = fd;
+                n.events = events;
+                w_.fds = {fds_.data(), fds_.size()};
+                if (!loop.attach(n, nullptr)) { // a regular file: always ready
+                    n.ready = events;
+                    now = true;
+                }
+            }
+        } catch (...) {
+            loop.detach(w_);
+            w_.runner = nullptr;
+            throw;
+        }
+        for (const FutureBase* f : c_.futures) {
+            if (f->done())
+                now = true;
+            detail::FutureNode& n = futures_.emplace_back();
+            n.wait = &w_;
+            f->waiters_.push(n);
+        }
+        w_.futures = {futures_.data(), futures_.size()};
+        loop.suspend(*w_.runner, w_, h);
+        if (now) {
+            loop.wake(w_); // already holds: resume after the other ready tasks, like yield
+        } else if (c_.time != Clock::time_point::max()) {
+            w_.deadline = c_.time;
+            loop.add_timer(w_);
+        }
+        return true;
+    }
+    Files await_resume() {
+        detail::end_wait(w_);
+        Files ready;
+        for (const auto& n : fds_)
+            if (n.ready)
+                ready[n.fd] = n.ready;
+        return ready;
+    }
+
+private:
+    Condition c_;
+    std::vector<detail::FdNode> fds_;
+    std::vector<detail::FutureNode> futures_;
+    detail::Wait w_;
+};
+
+inline ConditionAwaiter operator co_await(const Condition& c) { return ConditionAwaiter(c); }
+inline ConditionAwaiter operator co_await(Condition&& c) { return ConditionAwaiter(std::move(c)); }
+
+namespace detail {
+
+/// Resumes at a point in time (or, if that passed, after the other ready tasks).
+class SleepAwaiter : public Leaf<SleepAwaiter, void> {
+public:
+    explicit SleepAwaiter(Clock::time_point t) noexcept : t_(t) {}
+    SleepAwaiter(SleepAwaiter&& o) noexcept : t_(o.t_) {}
+    ~SleepAwaiter() { drop_wait(w_); }
+
+    bool await_ready() const noexcept { return false; }
+    template <XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+        if (!begin_wait(w_, h))
+            return false;
+        Loop& loop = *w_.runner->loop;
+        loop.suspend(*w_.runner, w_, h);
+        if (t_ <= Clock::now()) {
+            loop.schedule(w_.runner);
+        } else {
+            w_.deadline = t_;
+            loop.add_timer(w_);
+        }
+        return true;
+    }
+    void await_resume() { end_wait(w_); }
+
+private:
+    Clock::time_point t_;
+    Wait w_;
+};
+
+/// Adds `d` to now, saturating at time_point::max() (sleep(hours::max()) sleeps forever).
+template <class Rep, class Period>
+Clock::time_point deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
+    auto now = Clock::now();
+    if (d <= d.zero())
+        return now;
+    if (d >= std::chrono::duration<double>(Clock::time_point::max() - now))
+        return Clock::time_point::max();
+    return now + std::chrono::ceil<Clock::duration>(d);
+}
+
+} // namespace detail
+
+/// Resumes no earlier than now + d; d <= 0 behaves like yield().
+template <class Rep, class Period> detail::SleepAwaiter sleep(std::chrono::duration<Rep, Period> d) {
+    return detail::SleepAwaiter(detail::deadline_after(d));
+}
+
+/// Resumes no earlier than t; a t in the past behaves like yield().
+inline detail::SleepAwaiter sleep_until(Clock::time_point t) { return detail::SleepAwaiter(t); }
+
+/// Lets every other task that is ready now run once (FIFO), then resumes.
+inline detail::SleepAwaiter yield() { return detail::SleepAwaiter(Clock::time_point::min()); }
+
+/// A Condition passed where a Task is expected.
+namespace detail {
+inline Task<Files> as_task(Condition c) { co_return co_await std::move(c); }
+} // namespace detail
+
+} // namespace xiio

@@ -1,0 +1,321 @@
+#pragma once
+// File descriptors: the owning Fd, readiness waits, read and write.
+//
+// Rules (see README "File descriptors"): xiio never changes the flags of an `int` fd and
+// never blocks the loop on one. A non-blocking fd is tried first and waited for only on
+// EAGAIN; a blocking fd is touched only once poll(2) says it is ready, and is written at
+// most PIPE_BUF bytes at a time. An Fd is xiio's: it is made non-blocking on first I/O
+// and keeps its epoll registration for its life, which makes it the fast path.
+// Errors: std::system_error naming the failing call ("read: Broken pipe").
+
+#include <xiio/core.hpp>
+
+#include <climits>
+#include <cstddef>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+namespace xiio {
+
+/// Owns a file descriptor and closes it. Move-only; its loop registration moves with it.
+class Fd {
+public:
+    Fd() noexcept = default;
+    explicit Fd(int fd) noexcept : fd_(fd) {}
+    Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)), state_(std::exchange(o.state_, {})) {
+        if (state_.loop)
+            state_.loop->rebind(fd_, &state_);
+    }
+    Fd& operator=(Fd&& o) noexcept {
+        if (this != &o) {
+            close();
+            fd_ = std::exchange(o.fd_, -1);
+            state_ = std::exchange(o.state_, {});
+            if (state_.loop)
+                state_.loop->rebind(fd_, &state_);
+        }
+        return *this;
+    }
+    ~Fd() { close(); }
+
+    int get() const noexcept { return fd_; }
+    /// Gives up ownership (the fd stays open and unregistered).
+    int release() noexcept {
+        if (state_.loop)
+            state_.loop->forget(fd_);
+        state_ = {};
+        return std::exchange(fd_, -1);
+    }
+    /// Closes now; tasks waiting on it get std::system_error(EBADF).
+    void close() noexcept {
+        if (fd_ < 0)
+            return;
+        if (state_.loop)
+            state_.loop->forget(fd_);
+        state_ = {};
+        ::close(std::exchange(fd_, -1)); // never retried: Linux frees the number on EINTR
+    }
+    explicit operator bool() const noexcept { return fd_ >= 0; }
+
+    /// Plumbing: the registration state of this fd.
+    detail::FdState& state() const noexcept { return state_; }
+
+private:
+    int fd_ = -1;
+    mutable detail::FdState state_;
+};
+
+namespace detail {
+
+/// Any fd parameter: an int or an Fd.
+struct FdRef {
+    FdRef(int f) noexcept : fd(f) {}
+    FdRef(const Fd& f) noexcept : fd(f.get()), state(&f.state()) {}
+    int fd;
+    FdState* state = nullptr;
+};
+
+/// Any read buffer: convertible to std::span<char> or std::span<std::byte>.
+struct MutableBytes {
+    template <class B>
+        requires std::convertible_to<B&&, std::span<char>>
+    MutableBytes(B&& b) noexcept {
+        std::span<char> s = std::forward<B>(b);
+        data = s.data();
+        size = s.size();
+    }
+    template <class B>
+        requires(!std::convertible_to<B &&, std::span<char>> &&
+                 std::convertible_to<B &&, std::span<std::byte>>)
+    MutableBytes(B&& b) noexcept {
+        std::span<std::byte> s = std::forward<B>(b);
+        data = reinterpret_cast<char*>(s.data());
+        size = s.size();
+    }
+    char* data;
+    std::size_t size;
+};
+
+/// Any write data: convertible to std::string_view, std::span<const char> or
+/// std::span<const std::byte> (in that order of preference, so a string literal is
+/// written without its terminating NUL).
+struct ConstBytes {
+    template <class B>
+        requires std::convertible_to<B&&, std::string_view>
+    ConstBytes(B&& b) noexcept {
+        std::string_view s = std::forward<B>(b);
+        data = s.data();
+        size = s.size();
+    }
+    template <class B>
+        requires(!std::convertible_to<B &&, std::string_view> &&
+                 std::convertible_to<B &&, std::span<const char>>)
+    ConstBytes(B&& b) noexcept {
+        std::span<const char> s = std::forward<B>(b);
+        data = s.data();
+        size = s.size();
+    }
+    template <class B>
+        requires(!std::convertible_to<B &&, std::string_view> &&
+                 !std::convertible_to<B &&, std::span<const char>> &&
+                 std::convertible_to<B &&, std::span<const std::byte>>)
+    ConstBytes(B&& b) noexcept {
+        std::span<const std::byte> s = std::forward<B>(b);
+        data = reinterpret_cast<const char*>(s.data());
+        size = s.size();
+    }
+    const char* data;
+    std::size_t size;
+};
+
+/// Whether `ref` may be tried without blocking. An Fd is made non-blocking on first use.
+inline bool nonblocking(FdRef& ref, Loop& loop) {
+    if (!ref.state)
+        ref.state = loop.owner_of(ref.fd);
+    if (ref.state) {
+        if (!ref.state->nonblocking) {
+            int fl = ::fcntl(ref.fd, F_GETFL);
+            if (fl < 0 || ::fcntl(ref.fd, F_SETFL, fl | O_NONBLOCK) < 0)
+                throw_errno("fcntl");
+            ref.state->nonblocking = true;
+        }
+        return true;
+    }
+    int fl = ::fcntl(ref.fd, F_GETFL);
+    if (fl < 0)
+        throw_errno("fcntl");
+    return fl & O_NONBLOCK;
+}
+
+inline bool poll_ready(int fd, unsigned events) noexcept {
+    pollfd p{fd, static_cast<short>(((events & READ) ? POLLIN : 0) | ((events & WRITE) ? POLLOUT : 0)),
+             0};
+    return retry_eintr([&] { return ::poll(&p, 1, 0); }) > 0;
+}
+
+/// The common machinery of one I/O call (Derived::call() does the syscall) and of plain
+/// readiness waits (Derived has no call()). The node is linked into the fd's waiters.
+template <class Derived, class R, unsigned Ev> class FdOp : public FdNode, public Leaf<Derived, R> {
+public:
+    explicit FdOp(FdRef ref) noexcept : ref_(ref) {}
+    FdOp(FdOp&& o) noexcept : FdNode(), ref_(o.ref_) {}
+    ~FdOp() { drop_wait(w_); }
+
+    bool await_ready() const noexcept { return false; }
+    template <XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+        if (!begin_wait(w_, h))
+            return false;
+        Loop& loop = *w_.runner->loop;
+        if constexpr (is_io()) {
+            blocking_ = !nonblocking(ref_, loop);
+            if (!blocking_ && attempt())
+                return false;
+        }
+        this->wait = &w_;
+        this->fd = ref_.fd;
+        this->events = Ev;
+        if constexpr (is_io())
+            this->perform = &FdOp::perform_ready;
+        w_.fds = {static_cast<FdNode*>(this), 1};
+        if (!loop.attach(*this, ref_.state)) { // a regular file: always ready
+            if constexpr (is_io())
+                attempt();
+            return false;
+        }
+        loop.suspend(*w_.runner, w_, h);
+        return true;
+    }
+
+protected:
+    // A function, not a constant: Derived is incomplete while this base is instantiated.
+    static constexpr bool is_io() { return requires(Derived& d) { d.call(); }; }
+
+    /// Runs the syscall; false on EAGAIN (wait again), else the outcome is kept.
+    bool attempt() noexcept {
+        ssize_t r = retry_eintr([&] { return static_cast<Derived*>(this)->call(); });
+        if (r >= 0) {
+            result_ = static_cast<std::size_t>(r);
+            return true;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return false;
+        err_ = errno;
+        return true;
+    }
+    static bool perform_ready(FdNode* n) noexcept {
+        auto* self = static_cast<FdOp*>(n);
+        if (self->blocking_ && !poll_ready(self->fd, self->events))
+            return false; // another waiter took it: never block the loop
+        return self->attempt();
+    }
+    /// The outcome, after the wait ended.
+    std::size_t finish(const char* call) {
+        end_wait(w_);
+        if (err_) {
+            if (err_ == EPIPE)
+                drain_sigpipe();
+            throw_errno(call, err_);
+        }
+        return result_;
+    }
+
+    FdRef ref_;
+    Wait w_;
+    std::size_t result_ = 0;
+    int err_ = 0;
+    bool blocking_ = false;
+};
+
+class ReadOp : public FdOp<ReadOp, std::size_t, READ> {
+public:
+    ReadOp(FdRef fd, MutableBytes buf) noexcept : FdOp(fd), buf_(buf) {}
+    ssize_t call() noexcept { return ::read(ref_.fd, buf_.data, buf_.size); }
+    std::size_t await_resume() { return finish("read"); }
+
+private:
+    MutableBytes buf_;
+};
+
+class ReadStringOp : public FdOp<ReadStringOp, std::string, READ> {
+public:
+    ReadStringOp(FdRef fd, std::size_t max_size) noexcept : FdOp(fd), max_(max_size) {}
+    ReadStringOp(ReadStringOp&& o) noexcept : FdOp(std::move(o)), max_(o.max_) {}
+    ssize_t call() noexcept {
+        if (buf_.size() != max_)
+            buf_.resize(max_);
+        return ::read(ref_.fd, buf_.data(), buf_.size());
+    }
+    std::string await_resume() {
+        buf_.resize(finish("read"));
+        return std::move(buf_);
+    }
+
+private:
+    std::size_t max_;
+    std::string buf_;
+};
+
+class WriteOp : public FdOp<WriteOp, std::size_t, WRITE> {
+public:
+    WriteOp(FdRef fd, ConstBytes data) noexcept : FdOp(fd), data_(data) {}
+    ssize_t call() noexcept {
+        // A ready blocking pipe takes PIPE_BUF bytes without blocking, not necessarily more.
+        std::size_t n = blocking_ ? std::min<std::size_t>(data_.size, PIPE_BUF) : data_.size;
+        return ::write(ref_.fd, data_.data, n);
+    }
+    std::size_t await_resume() { return finish("write"); }
+
+private:
+    ConstBytes data_;
+};
+
+template <unsigned Ev> class WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
+public:
+    using FdOp<WaitOp<Ev>, void, Ev>::FdOp;
+    void await_resume() { this->finish("epoll_wait"); }
+};
+
+} // namespace detail
+
+/// Waits until fd is reported readable (a later read may still see EAGAIN).
+inline detail::WaitOp<READ> wait_readable(detail::FdRef fd) { return detail::WaitOp<READ>(fd); }
+/// Waits until fd is reported writable.
+inline detail::WaitOp<WRITE> wait_writable(detail::FdRef fd) { return detail::WaitOp<WRITE>(fd); }
+
+/// One successful read() into `buffer`: the number of bytes read, 0 at end of file.
+inline detail::ReadOp read(detail::FdRef fd, detail::MutableBytes buffer) {
+    return detail::ReadOp(fd, buffer);
+}
+/// One successful read() of at most max_size bytes; "" at end of file.
+inline detail::ReadStringOp read(detail::FdRef fd, std::size_t max_size) {
+    return detail::ReadStringOp(fd, max_size);
+}
+/// One successful write(): the number of bytes written.
+inline detail::WriteOp write(detail::FdRef fd, detail::ConstBytes data) {
+    return detail::WriteOp(fd, data);
+}
+
+/// Fills `buffer`, or throws IncompleteReadError (with the bytes read so far) at EOF.
+inline Task<void> read_exactly(detail::FdRef fd, detail::MutableBytes buffer) {
+    std::size_t got = 0;
+    while (got < buffer.size) {
+        std::size_t n = co_await read(fd, std::span<char>(buffer.data + got, buffer.size - got));
+        if (n == 0)
+            throw IncompleteReadError(got, buffer.size);
+        got += n;
+    }
+}
+
+/// Writes all of `data` (as many write() calls as it takes).
+inline Task<void> writeall(detail::FdRef fd, detail::ConstBytes data) {
+    std::size_t done = 0;
+    while (done < data.size)
+        done += co_await write(fd, std::string_view(data.data + done, data.size - done));
+}
+
+} // namespace xiio

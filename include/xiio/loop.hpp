@@ -1,0 +1,669 @@
+#pragma once
+// The loop: a ready queue, a timer heap and a table of fd waiters in front of a Poller
+// (epoll by default). Users never touch it; awaitables register `Wait`s with it.
+//
+// Vocabulary (see docs/design.md for a walk through one iteration):
+// - A Runner is what the seed calls a Task: the unit the loop schedules. It runs one chain
+//   of coroutine frames (a Task awaiting a Task awaiting ...); only the innermost frame is
+//   ever suspended in the loop, at a leaf awaitable (sleep, read, a future, a Condition).
+// - A Wait is that leaf's registration: a deadline, fd nodes and future nodes, all living
+//   inside the awaitable, i.e. inside the suspended coroutine frame (no allocation).
+//   Whatever part fires first wakes the Wait: its Runner goes to the ready queue. The
+//   registrations are removed when the leaf resumes (`detach`), so several fds that are
+//   ready in the same poll are all reported to a Condition.
+// - Cancellation and loop failures are exceptions "thrown in" to a Runner: into its Wait
+//   if it is suspended, else kept pending for its next co_await.
+
+#include <xiio/errors.hpp>
+
+#include <algorithm>
+#include <cassert>
+#include <chrono>
+#include <coroutine>
+#include <csignal>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+namespace xiio {
+
+using Clock = std::chrono::steady_clock;
+
+/// Readiness an fd can be waited for; unscoped so that READ | WRITE is a plain mask.
+enum Events : unsigned { READ = 1, WRITE = 2 };
+
+/// fd -> READ|WRITE mask.
+using Files = std::map<int, unsigned>;
+
+namespace detail {
+
+class Loop;
+struct Wait;
+
+/// A unit of scheduling (the seed's Task): runs one chain of awaiting coroutine frames.
+struct Runner {
+    explicit Runner(Loop& l) noexcept;
+    Runner(const Runner&) = delete;
+    Runner& operator=(const Runner&) = delete;
+    virtual ~Runner();
+    /// Called once the outermost frame reached its final suspend point.
+    virtual void finished() noexcept {}
+
+    Loop* loop;
+    std::coroutine_handle<> resume_; // where the loop continues this runner
+    Wait* wait_ = nullptr;           // the leaf it is suspended in, while not yet woken
+    std::exception_ptr pending_;     // thrown at its next co_await (thrown in while running)
+    Runner* next_ready_ = nullptr;
+    bool queued_ = false;
+    Runner* prev_all_ = nullptr; // the loop's list of live runners (for failures, accounting)
+    Runner* next_all_ = nullptr;
+};
+
+/// A waiter on one fd, linked into that fd's entry in the loop.
+struct FdNode {
+    Wait* wait = nullptr;
+    int fd = -1;
+    unsigned events = 0; // wanted
+    unsigned ready = 0;  // reported
+    bool attached = false;
+    /// Optional: tries the I/O once the fd is reported ready, so that spurious readiness
+    /// (EAGAIN after all) keeps the task waiting instead of waking it. True = done.
+    bool (*perform)(FdNode*) = nullptr;
+    FdNode* prev = nullptr;
+    FdNode* next = nullptr;
+};
+
+struct FutureNode;
+
+/// The waiters of one future (intrusive, FIFO).
+struct WaiterList {
+    FutureNode* head = nullptr;
+    FutureNode* tail = nullptr;
+    void push(FutureNode& n) noexcept;
+    void unlink(FutureNode& n) noexcept;
+};
+
+struct FutureNode {
+    Wait* wait = nullptr;
+    WaiterList* list = nullptr; // null once detached or once the future died
+    FutureNode* prev = nullptr;
+    FutureNode* next = nullptr;
+};
+
+/// A leaf's registration: deadline + fd nodes + future nodes, owned by the awaitable.
+struct Wait {
+    static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
+
+    Runner* runner = nullptr;
+    std::exception_ptr error; // thrown at await_resume instead of the result
+    bool woken = false;
+    Clock::time_point deadline = Clock::time_point::max();
+    std::uint64_t seq = 0;
+    std::size_t heap_index = npos;
+    std::span<FdNode> fds;
+    std::span<FutureNode> futures;
+    /// Set by waits that must not simply be woken when an exception is thrown in (a task
+    /// group's join forwards it to its members instead).
+    void (*interrupt)(Wait*, std::exception_ptr) = nullptr;
+};
+
+/// Per-Fd state that lets an owned fd keep its registration for its whole life.
+struct FdState {
+    Loop* loop = nullptr; // the loop holding the registration, cleared when it goes away
+    bool nonblocking = false;
+};
+
+struct PollEvent {
+    int fd;
+    unsigned events; // READ|WRITE; errors and hang-ups report both
+};
+
+/// The waiting step: the seam between the loop and the OS. Epoll is the default; tests
+/// substitute a double to inject failures, and other loops (Asio) can host xiio through it.
+class Poller {
+public:
+    virtual ~Poller() = default;
+    /// Interest changes; return 0 or an errno (EPERM: this fd cannot be watched).
+    virtual int add(int fd, unsigned events, bool oneshot) = 0;
+    virtual int modify(int fd, unsigned events, bool oneshot) = 0;
+    virtual void remove(int fd) noexcept = 0;
+    /// Blocks until an fd is ready or `deadline` passes (min(): do not block, max(): no
+    /// deadline) and appends what is ready to `ready`. Throws on failure.
+    virtual void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) = 0;
+};
+
+class EpollPoller final : public Poller {
+public:
+    EpollPoller() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
+        if (fd_ < 0)
+            throw_errno("epoll_create1");
+    }
+    ~EpollPoller() override { ::close(fd_); }
+    EpollPoller(const EpollPoller&) = delete;
+    EpollPoller& operator=(const EpollPoller&) = delete;
+
+    int add(int fd, unsigned events, bool oneshot) override {
+        return ctl(EPOLL_CTL_ADD, fd, events, oneshot);
+    }
+    int modify(int fd, unsigned events, bool oneshot) override {
+        int err = ctl(EPOLL_CTL_MOD, fd, events, oneshot);
+        // The fd was closed and its number reused: epoll dropped the old file silently.
+        return err == ENOENT ? ctl(EPOLL_CTL_ADD, fd, events, oneshot) : err;
+    }
+    void remove(int fd) noexcept override { ::epoll_ctl(fd_, EPOLL_CTL_DEL, fd, nullptr); }
+
+    void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) override {
+        epoll_event events[256];
+        int n;
+        if (deadline == Clock::time_point::max()) {
+            n = retry_eintr([&] { return ::epoll_pwait2(fd_, events, 256, nullptr, nullptr); });
+        } else {
+            auto now = Clock::now();
+            auto rel = deadline > now ? deadline - now : Clock::duration::zero();
+            // Round up: waking a nanosecond early would only cost another wait.
+            auto ns = std::chrono::ceil<std::chrono::nanoseconds>(rel).count();
+            timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+            n = retry_eintr([&] { return ::epoll_pwait2(fd_, events, 256, &ts, nullptr); });
+        }
+        if (n < 0)
+            throw_errno("epoll_pwait2");
+        for (int i = 0; i < n; ++i) {
+            unsigned e = events[i].events;
+            unsigned r = 0;
+            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                r |= READ;
+            if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                r |= WRITE;
+            ready.push_back({events[i].data.fd, r});
+        }
+    }
+
+private:
+    int ctl(int op, int fd, unsigned events, bool oneshot) noexcept {
+        epoll_event ev{};
+        ev.events = ((events & READ) ? EPOLLIN | EPOLLRDHUP : 0u) | ((events & WRITE) ? EPOLLOUT : 0u) |
+                    (oneshot ? EPOLLONESHOT : 0u);
+        ev.data.fd = fd;
+        return ::epoll_ctl(fd_, op, fd, &ev) == 0 ? 0 : errno;
+    }
+    int fd_;
+};
+
+/// Makes the Poller of each new loop; tests replace it to inject failures.
+using PollerFactory = std::function<std::unique_ptr<Poller>()>;
+inline PollerFactory& poller_factory() {
+    thread_local PollerFactory factory;
+    return factory;
+}
+inline std::unique_ptr<Poller> make_poller() {
+    auto& f = poller_factory();
+    return f ? f() : std::make_unique<EpollPoller>();
+}
+
+/// The loop of this thread while run() drives one.
+inline Loop*& current_loop() noexcept {
+    thread_local Loop* loop = nullptr;
+    return loop;
+}
+
+class Loop {
+public:
+    explicit Loop(std::unique_ptr<Poller> poller) : poller_(std::move(poller)) {}
+    Loop(const Loop&) = delete;
+    Loop& operator=(const Loop&) = delete;
+    ~Loop() {
+        for (auto& e : fds_)
+            if (e.owner)
+                e.owner->loop = nullptr;
+    }
+
+    // ---- scheduling ----------------------------------------------------------------
+
+    /// Appends `r` to the ready queue (once).
+    void schedule(Runner* r) noexcept {
+        if (r->queued_)
+            return;
+        r->queued_ = true;
+        r->next_ready_ = nullptr;
+        (ready_tail_ ? ready_tail_->next_ready_ : ready_head_) = r;
+        ready_tail_ = r;
+        ++ready_size_;
+    }
+
+    /// The first part of `w` that fired: make its runner ready.
+    void wake(Wait& w) noexcept {
+        if (w.woken)
+            return;
+        w.woken = true;
+        if (w.runner->wait_ == &w)
+            w.runner->wait_ = nullptr;
+        schedule(w.runner);
+    }
+
+    /// Throws `e` into `r`: at its current co_await if suspended, else at its next one.
+    /// The first exception wins until it was delivered.
+    void throw_in(Runner& r, std::exception_ptr e) noexcept {
+        if (Wait* w = r.wait_) {
+            if (w->interrupt)
+                return w->interrupt(w, std::move(e));
+            if (!w->error)
+                w->error = std::move(e);
+            wake(*w);
+        } else if (!r.pending_) {
+            r.pending_ = std::move(e);
+        }
+    }
+
+    /// Suspends `r` in `w` (the leaf registered its parts already).
+    void suspend(Runner& r, Wait& w, std::coroutine_handle<> h) noexcept {
+        w.runner = &r;
+        r.wait_ = &w;
+        r.resume_ = h;
+    }
+
+    /// Removes every registration of `w`; called when the leaf resumes (or dies).
+    void detach(Wait& w) noexcept {
+        if (w.heap_index != Wait::npos)
+            remove_timer(w);
+        for (auto& n : w.fds)
+            if (n.attached)
+                detach_fd(n);
+        for (auto& n : w.futures)
+            if (n.list)
+                n.list->unlink(n);
+        if (w.runner && w.runner->wait_ == &w)
+            w.runner->wait_ = nullptr;
+    }
+
+    // ---- timers ----------------------------------------------------------------------
+
+    void add_timer(Wait& w) {
+        w.seq = timer_seq_++;
+        w.heap_index = heap_.size();
+        heap_.push_back(&w);
+        sift_up(w.heap_index);
+    }
+
+    void remove_timer(Wait& w) noexcept {
+        std::size_t i = w.heap_index;
+        w.heap_index = Wait::npos;
+        Wait* last = heap_.back();
+        heap_.pop_back();
+        if (last == &w)
+            return;
+        heap_[i] = last;
+        last->heap_index = i;
+        sift_down(i);
+        sift_up(last->heap_index);
+    }
+
+    // ---- fds -------------------------------------------------------------------------
+
+    /// Adds `n` to the waiters of n.fd. `owner` (an Fd's state, may be null) asks for a
+    /// registration that lasts as long as the Fd. Returns false if the fd cannot be
+    /// watched (a regular file): it counts as ready at once and `n` is not attached.
+    bool attach(FdNode& n, FdState* owner) {
+        if (n.fd < 0)
+            throw_errno("epoll_ctl", EBADF);
+        if (static_cast<std::size_t>(n.fd) >= fds_.size())
+            fds_.resize(static_cast<std::size_t>(n.fd) + 1);
+        FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
+        bool convert = false;
+        if (owner && !e.owner && !owner->loop) {
+            // From now on the registration is kept for the Fd's life; one held transiently
+            // (an int wait on the same number) turns level-triggered below.
+            owner->loop = this;
+            e.owner = owner;
+            convert = e.registered;
+        }
+        n.ready = 0;
+        n.next = e.head;
+        n.prev = nullptr;
+        if (e.head)
+            e.head->prev = &n;
+        e.head = &n;
+        n.attached = true;
+        ++fd_waiters_;
+        try {
+            unsigned want = wanted(e);
+            if (!e.registered) {
+                int err = poller_->add(n.fd, want, !e.owner);
+                if (err)
+                    throw_errno("epoll_ctl", err);
+                e.registered = true;
+                e.armed = want;
+            } else if (convert || (e.owner ? (want & ~e.armed) != 0 : want != e.armed)) {
+                unsigned arm = e.owner ? (e.armed | want) : want;
+                if (int err = poller_->modify(n.fd, arm, !e.owner))
+                    throw_errno("epoll_ctl", err);
+                e.armed = arm;
+            }
+        } catch (const std::system_error& ex) {
+            unlink(e, n);
+            if (ex.code().value() == EPERM) // epoll refuses regular files: always ready
+                return false;
+            throw;
+        }
+        return true;
+    }
+
+    /// An owned Fd is closed or released: drop its registration, fail its waiters.
+    void forget(int fd) noexcept {
+        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size())
+            return;
+        FdEntry& e = fds_[static_cast<std::size_t>(fd)];
+        for (FdNode* n = e.head; n; n = n->next) {
+            n->attached = false;
+            --fd_waiters_;
+            if (!n->wait->error)
+                n->wait->error = std::make_exception_ptr(
+                    std::system_error(EBADF, std::system_category(), "close"));
+            wake(*n->wait);
+        }
+        if (e.registered)
+            poller_->remove(fd);
+        if (e.owner)
+            e.owner->loop = nullptr;
+        e = FdEntry{};
+    }
+
+    /// An owned Fd moved: its registration follows it.
+    void rebind(int fd, FdState* owner) noexcept {
+        if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size())
+            fds_[static_cast<std::size_t>(fd)].owner = owner;
+    }
+
+    /// True if an Fd owns a registration of this number here (so it is non-blocking).
+    FdState* owner_of(int fd) const noexcept {
+        return fd >= 0 && static_cast<std::size_t>(fd) < fds_.size()
+                   ? fds_[static_cast<std::size_t>(fd)].owner
+                   : nullptr;
+    }
+
+    // ---- the loop ----------------------------------------------------------------------
+
+    /// Runs until `done` becomes true: the phases of one iteration are run the ready
+    /// runners, wait for fds until the next deadline, wake the fd waiters, fire timers.
+    void run_until(const bool& done) {
+        while (!done) {
+            run_ready();
+            if (done)
+                break;
+            poll();
+        }
+    }
+
+    /// Extra wake-up sources that are not waits (a thread pool's eventfd): while any
+    /// exists, a loop in which every task waits for a future is not a deadlock.
+    void keepalive(int delta) noexcept { keepalive_ += delta; }
+
+    /// The first failure of the waiting step (or a deadlock); run() rethrows it.
+    std::exception_ptr failure_;
+    /// True while this loop blocks SIGPIPE in its thread (see SigpipeGuard).
+    bool owns_sigpipe_ = false;
+
+    void link(Runner& r) noexcept {
+        r.next_all_ = runners_;
+        if (runners_)
+            runners_->prev_all_ = &r;
+        runners_ = &r;
+    }
+    void unlink(Runner& r) noexcept {
+        (r.prev_all_ ? r.prev_all_->next_all_ : runners_) = r.next_all_;
+        if (r.next_all_)
+            r.next_all_->prev_all_ = r.prev_all_;
+    }
+
+private:
+    struct FdEntry {
+        FdNode* head = nullptr;
+        FdState* owner = nullptr; // an Fd keeps this registration (level-triggered)
+        unsigned armed = 0;       // events enabled in the poller
+        bool registered = false;  // in the poller's interest list
+    };
+
+    // Transient registrations (plain int fds) are one-shot and removed when their last
+    // waiter leaves: the user may close the fd and reuse its number at any time, and a
+    // registration kept in epoll for a closed file (still open through a dup) would report
+    // stale events for the new file. One-shot bounds that to one spurious wakeup.
+    // An Fd's registration is level-triggered and kept; interest is only narrowed when an
+    // event nobody waits for arrives (so a steady reader or writer costs no epoll_ctl).
+
+    static unsigned wanted(const FdEntry& e) noexcept {
+        unsigned w = 0;
+        for (FdNode* n = e.head; n; n = n->next)
+            if (!n->wait->woken)
+                w |= n->events;
+        return w;
+    }
+
+    void unlink(FdEntry& e, FdNode& n) noexcept {
+        (n.prev ? n.prev->next : e.head) = n.next;
+        if (n.next)
+            n.next->prev = n.prev;
+        n.prev = n.next = nullptr;
+        n.attached = false;
+        --fd_waiters_;
+    }
+
+    void detach_fd(FdNode& n) noexcept {
+        FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
+        unlink(e, n);
+        if (e.owner)
+            return;
+        if (!e.head) {
+            poller_->remove(n.fd);
+            e.registered = false;
+            e.armed = 0;
+        } else {
+            rearm(n.fd, e);
+        }
+    }
+
+    void rearm(int fd, FdEntry& e) noexcept {
+        unsigned want = wanted(e);
+        if (want != e.armed && poller_->modify(fd, want, true) == 0)
+            e.armed = want;
+    }
+
+    void dispatch(const PollEvent& ev) noexcept {
+        if (ev.fd < 0 || static_cast<std::size_t>(ev.fd) >= fds_.size())
+            return;
+        FdEntry& e = fds_[static_cast<std::size_t>(ev.fd)];
+        if (!e.registered)
+            return; // a stale one-shot report for a number we no longer watch
+        if (!e.owner)
+            e.armed = 0; // one-shot: disarmed by this report
+        for (FdNode* n = e.head; n; n = n->next) {
+            unsigned hit = n->events & ev.events;
+            if (!hit || n->wait->woken)
+                continue;
+            n->ready |= hit;
+            if (!n->perform || n->perform(n))
+                wake(*n->wait);
+        }
+        if (!e.owner) {
+            rearm(ev.fd, e);
+        } else if (!e.head) {
+            // Nobody waits: drop the registration rather than narrow it, since hang-ups
+            // are reported whatever the interest and would spin the loop.
+            poller_->remove(ev.fd);
+            e.registered = false;
+            e.armed = 0;
+        } else if (unsigned want = wanted(e); ev.events & ~want & e.armed) {
+            if (poller_->modify(ev.fd, want, false) == 0)
+                e.armed = want;
+        }
+    }
+
+    void run_ready() {
+        // Only the runners ready now: one that yields goes behind everything else and
+        // runs in the next iteration, after the poll, so it cannot starve I/O.
+        for (std::size_t n = ready_size_; n > 0 && ready_head_; --n) {
+            Runner* r = ready_head_;
+            ready_head_ = r->next_ready_;
+            if (!ready_head_)
+                ready_tail_ = nullptr;
+            --ready_size_;
+            r->queued_ = false;
+            r->wait_ = nullptr; // a yield's wait ends here
+            r->resume_.resume();
+        }
+    }
+
+    void poll() {
+        Clock::time_point deadline;
+        if (ready_size_)
+            deadline = Clock::time_point::min();
+        else if (!heap_.empty())
+            deadline = heap_.front()->deadline;
+        else if (fd_waiters_ == 0 && keepalive_ == 0)
+            return fail_all(std::make_exception_ptr(std::logic_error(
+                "xiio::run: deadlock: every task waits for a future or a group that "
+                "nothing can complete")));
+        else
+            deadline = Clock::time_point::max();
+        events_.clear();
+        try {
+            poller_->wait(deadline, events_);
+        } catch (...) {
+            return fail_all(std::current_exception());
+        }
+        for (const auto& ev : events_)
+            dispatch(ev);
+        if (!heap_.empty()) {
+            auto now = Clock::now();
+            while (!heap_.empty() && heap_.front()->deadline <= now) {
+                Wait* w = heap_.front();
+                remove_timer(*w);
+                wake(*w);
+            }
+        }
+    }
+
+    /// The waiting step failed: throw the error into every task suspended at a leaf, so
+    /// its cleanup runs; run() rethrows it at the end.
+    void fail_all(std::exception_ptr e) noexcept {
+        if (!failure_)
+            failure_ = e;
+        for (Runner* r = runners_; r; r = r->next_all_)
+            if (r->wait_ && !r->wait_->interrupt)
+                throw_in(*r, e);
+    }
+
+    bool earlier(std::size_t a, std::size_t b) const noexcept {
+        const Wait* x = heap_[a];
+        const Wait* y = heap_[b];
+        return x->deadline < y->deadline || (x->deadline == y->deadline && x->seq < y->seq);
+    }
+    void swap_nodes(std::size_t a, std::size_t b) noexcept {
+        std::swap(heap_[a], heap_[b]);
+        heap_[a]->heap_index = a;
+        heap_[b]->heap_index = b;
+    }
+    void sift_up(std::size_t i) noexcept {
+        while (i > 0 && earlier(i, (i - 1) / 2)) {
+            swap_nodes(i, (i - 1) / 2);
+            i = (i - 1) / 2;
+        }
+    }
+    void sift_down(std::size_t i) noexcept {
+        for (;;) {
+            std::size_t l = 2 * i + 1, m = i;
+            if (l < heap_.size() && earlier(l, m))
+                m = l;
+            if (l + 1 < heap_.size() && earlier(l + 1, m))
+                m = l + 1;
+            if (m == i)
+                return;
+            swap_nodes(i, m);
+            i = m;
+        }
+    }
+
+    std::unique_ptr<Poller> poller_;
+    Runner* ready_head_ = nullptr;
+    Runner* ready_tail_ = nullptr;
+    std::size_t ready_size_ = 0;
+    std::vector<Wait*> heap_;
+    std::uint64_t timer_seq_ = 0;
+    std::vector<FdEntry> fds_;
+    std::vector<PollEvent> events_;
+    std::size_t fd_waiters_ = 0;
+    int keepalive_ = 0;
+    Runner* runners_ = nullptr;
+};
+
+inline Runner::Runner(Loop& l) noexcept : loop(&l) { l.link(*this); }
+inline Runner::~Runner() { loop->unlink(*this); }
+
+inline void WaiterList::push(FutureNode& n) noexcept {
+    n.list = this;
+    n.next = nullptr;
+    n.prev = tail;
+    (tail ? tail->next : head) = &n;
+    tail = &n;
+}
+inline void WaiterList::unlink(FutureNode& n) noexcept {
+    (n.prev ? n.prev->next : head) = n.next;
+    (n.next ? n.next->prev : tail) = n.prev;
+    n.prev = n.next = nullptr;
+    n.list = nullptr;
+}
+
+/// Blocks SIGPIPE in the loop's thread while run() drives it, so that a write to a pipe
+/// whose reader is gone fails with EPIPE instead of killing the process, whatever the
+/// signal's disposition. SIGPIPE from write() is sent to the writing thread, so a thread
+/// mask suffices; the pending signal is consumed after each EPIPE (drain_sigpipe) and once
+/// more before the mask is restored.
+class SigpipeGuard {
+public:
+    explicit SigpipeGuard(Loop& loop) : loop_(loop) {
+        sigset_t set, old;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &set, &old);
+        loop_.owns_sigpipe_ = !sigismember(&old, SIGPIPE);
+    }
+    ~SigpipeGuard() {
+        if (!loop_.owns_sigpipe_)
+            return;
+        drain();
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    }
+    SigpipeGuard(const SigpipeGuard&) = delete;
+    SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+    static void drain() noexcept {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        timespec zero{};
+        while (::sigtimedwait(&set, nullptr, &zero) > 0) {
+        }
+    }
+
+private:
+    Loop& loop_;
+};
+
+/// After EPIPE: consume the SIGPIPE it raised, if the loop blocked it.
+inline void drain_sigpipe() noexcept {
+    if (Loop* l = current_loop(); l && l->owns_sigpipe_)
+        SigpipeGuard::drain();
+}
+
+} // namespace detail
+} // namespace xiio
