@@ -6,6 +6,7 @@
 //   xiio/task.hpp     Task<T>, run()
 //   xiio/core.hpp     Condition, Future, sleep, sleep_until, yield
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
+//   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
 //
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
@@ -13,4 +14,5 @@
 #include <xiio/errors.hpp>
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
+#include <xiio/multiplex.hpp>
 #include <xiio/task.hpp>

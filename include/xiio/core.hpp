@@ -22,7 +22,8 @@ namespace detail {
 
 /// Binds `w` to the awaiting task. False: an exception is pending for this task; it was
 /// moved into `w` and the leaf must not suspend (await_resume throws it).
-template <class P> bool begin_wait(Wait& w, std::coroutine_handle<P> h) noexcept {
+template <class P>
+bool begin_wait(Wait& w, std::coroutine_handle<P> h) noexcept {
     Runner& r = *h.promise().runner_;
     w.runner = &r;
     w.woken = false;
@@ -56,8 +57,10 @@ inline void drop_wait(Wait& w) noexcept {
 /// when the deadline or a future fired). g++ 12 rejects a braced list inside co_await:
 /// build the Condition first (`Condition c{.files = {{fd, READ}}}; co_await c;`).
 struct Condition {
-    Files files;
-    std::vector<const FutureBase*> futures;
+    // Every member has an initializer, so `Condition{.time = t}` does not trip
+    // -Wmissing-field-initializers in user code.
+    Files files = {};
+    std::vector<const FutureBase*> futures = {};
     Clock::time_point time = Clock::time_point::max();
 
     /// One condition that holds when any of `conditions` holds.
@@ -65,7 +68,7 @@ struct Condition {
         return combine_range(conditions);
     }
     template <std::ranges::input_range R>
-        requires std::convertible_to<std::ranges::range_reference_t<R>, const Condition&>
+        requires(std::convertible_to<std::ranges::range_reference_t<R>, const Condition&>)
     static Condition combine(R&& conditions) {
         return combine_range(conditions);
     }
@@ -74,7 +77,8 @@ struct Condition {
     bool fulfilled(const Files& ready) const;
 
 private:
-    template <class R> static Condition combine_range(const R& conditions) {
+    template <class R>
+    static Condition combine_range(const R& conditions) {
         Condition result;
         for (const Condition& c : conditions) {
             for (auto [fd, events] : c.files)
@@ -118,7 +122,8 @@ protected:
 
 private:
     friend struct Condition;
-    template <class> friend class Future;
+    template <class>
+    friend class Future;
     friend class ConditionAwaiter;
     bool done_ = false;
     mutable detail::WaiterList waiters_;
@@ -126,7 +131,8 @@ private:
 
 /// A value that some task sets and any number of tasks await (loop-local: set it from
 /// tasks of the same loop, or before the loop runs). Neither copyable nor movable.
-template <class T = void> class Future : public FutureBase {
+template <class T = void>
+class Future : public FutureBase {
     static_assert(std::is_void_v<T> || std::is_copy_constructible_v<T>,
                   "Future<T> requires a copyable T: every waiter gets a copy");
 
@@ -142,7 +148,7 @@ public:
         finish();
     }
     template <class U = T>
-        requires std::is_void_v<U>
+        requires(std::is_void_v<U>)
     void set_result() {
         finish();
     }
@@ -163,7 +169,8 @@ public:
         Awaiter(Awaiter&&) = delete;
         ~Awaiter() { detail::drop_wait(w_); }
         bool await_ready() const noexcept { return false; }
-        template <detail::XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+        template <detail::XiioPromise P>
+        bool await_suspend(std::coroutine_handle<P> h) {
             if (!detail::begin_wait(w_, h) || f_->done())
                 return false;
             node_.wait = &w_;
@@ -208,7 +215,8 @@ public:
     ~ConditionAwaiter() { detail::drop_wait(w_); }
 
     bool await_ready() const noexcept { return false; }
-    template <detail::XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+    template <detail::XiioPromise P>
+    bool await_suspend(std::coroutine_handle<P> h) {
         if (!detail::begin_wait(w_, h))
             return false;
         detail::Loop& loop = *w_.runner->loop;
@@ -268,8 +276,12 @@ private:
     detail::Wait w_;
 };
 
-inline ConditionAwaiter operator co_await(const Condition& c) { return ConditionAwaiter(c); }
-inline ConditionAwaiter operator co_await(Condition&& c) { return ConditionAwaiter(std::move(c)); }
+inline ConditionAwaiter operator co_await(const Condition& c) {
+    return ConditionAwaiter(c);
+}
+inline ConditionAwaiter operator co_await(Condition&& c) {
+    return ConditionAwaiter(std::move(c));
+}
 
 namespace detail {
 
@@ -281,7 +293,8 @@ public:
     ~SleepAwaiter() { drop_wait(w_); }
 
     bool await_ready() const noexcept { return false; }
-    template <XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+    template <XiioPromise P>
+    bool await_suspend(std::coroutine_handle<P> h) {
         if (!begin_wait(w_, h))
             return false;
         Loop& loop = *w_.runner->loop;
@@ -315,19 +328,26 @@ Clock::time_point deadline_after(std::chrono::duration<Rep, Period> d) noexcept 
 } // namespace detail
 
 /// Resumes no earlier than now + d; d <= 0 behaves like yield().
-template <class Rep, class Period> detail::SleepAwaiter sleep(std::chrono::duration<Rep, Period> d) {
+template <class Rep, class Period>
+detail::SleepAwaiter sleep(std::chrono::duration<Rep, Period> d) {
     return detail::SleepAwaiter(detail::deadline_after(d));
 }
 
 /// Resumes no earlier than t; a t in the past behaves like yield().
-inline detail::SleepAwaiter sleep_until(Clock::time_point t) { return detail::SleepAwaiter(t); }
+inline detail::SleepAwaiter sleep_until(Clock::time_point t) {
+    return detail::SleepAwaiter(t);
+}
 
 /// Lets every other task that is ready now run once (FIFO), then resumes.
-inline detail::SleepAwaiter yield() { return detail::SleepAwaiter(Clock::time_point::min()); }
+inline detail::SleepAwaiter yield() {
+    return detail::SleepAwaiter(Clock::time_point::min());
+}
 
 /// A Condition passed where a Task is expected.
 namespace detail {
-inline Task<Files> as_task(Condition c) { co_return co_await std::move(c); }
+inline Task<Files> as_task(Condition c) {
+    co_return co_await std::move(c);
+}
 } // namespace detail
 
 } // namespace xiio

@@ -44,7 +44,8 @@ namespace detail {
 }
 
 /// Calls `f` until it does not fail with EINTR.
-template <class F> auto retry_eintr(F f) {
+template <class F>
+auto retry_eintr(F f) {
     for (;;) {
         auto r = f();
         if (r != -1 || errno != EINTR)

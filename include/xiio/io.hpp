@@ -83,7 +83,7 @@ struct FdRef {
 /// Any read buffer: convertible to std::span<char> or std::span<std::byte>.
 struct MutableBytes {
     template <class B>
-        requires std::convertible_to<B&&, std::span<char>>
+        requires(std::convertible_to<B &&, std::span<char>>)
     MutableBytes(B&& b) noexcept {
         std::span<char> s = std::forward<B>(b);
         data = s.data();
@@ -106,7 +106,7 @@ struct MutableBytes {
 /// written without its terminating NUL).
 struct ConstBytes {
     template <class B>
-        requires std::convertible_to<B&&, std::string_view>
+        requires(std::convertible_to<B &&, std::string_view>)
     ConstBytes(B&& b) noexcept {
         std::string_view s = std::forward<B>(b);
         data = s.data();
@@ -153,21 +153,24 @@ inline bool nonblocking(FdRef& ref, Loop& loop) {
 }
 
 inline bool poll_ready(int fd, unsigned events) noexcept {
-    pollfd p{fd, static_cast<short>(((events & READ) ? POLLIN : 0) | ((events & WRITE) ? POLLOUT : 0)),
+    pollfd p{fd,
+             static_cast<short>(((events & READ) ? POLLIN : 0) | ((events & WRITE) ? POLLOUT : 0)),
              0};
     return retry_eintr([&] { return ::poll(&p, 1, 0); }) > 0;
 }
 
 /// The common machinery of one I/O call (Derived::call() does the syscall) and of plain
 /// readiness waits (Derived has no call()). The node is linked into the fd's waiters.
-template <class Derived, class R, unsigned Ev> class FdOp : public FdNode, public Leaf<Derived, R> {
+template <class Derived, class R, unsigned Ev>
+class FdOp : public FdNode, public Leaf<Derived, R> {
 public:
     explicit FdOp(FdRef ref) noexcept : ref_(ref) {}
     FdOp(FdOp&& o) noexcept : FdNode(), ref_(o.ref_) {}
     ~FdOp() { drop_wait(w_); }
 
     bool await_ready() const noexcept { return false; }
-    template <XiioPromise P> bool await_suspend(std::coroutine_handle<P> h) {
+    template <XiioPromise P>
+    bool await_suspend(std::coroutine_handle<P> h) {
         if (!begin_wait(w_, h))
             return false;
         Loop& loop = *w_.runner->loop;
@@ -193,7 +196,9 @@ public:
 
 protected:
     // A function, not a constant: Derived is incomplete while this base is instantiated.
-    static constexpr bool is_io() { return requires(Derived& d) { d.call(); }; }
+    static constexpr bool is_io() {
+        return requires(Derived& d) { d.call(); };
+    }
 
     /// Runs the syscall; false on EAGAIN (wait again), else the outcome is kept.
     bool attempt() noexcept {
@@ -274,7 +279,8 @@ private:
     ConstBytes data_;
 };
 
-template <unsigned Ev> class WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
+template <unsigned Ev>
+class WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
 public:
     using FdOp<WaitOp<Ev>, void, Ev>::FdOp;
     void await_resume() { this->finish("epoll_wait"); }
@@ -283,9 +289,13 @@ public:
 } // namespace detail
 
 /// Waits until fd is reported readable (a later read may still see EAGAIN).
-inline detail::WaitOp<READ> wait_readable(detail::FdRef fd) { return detail::WaitOp<READ>(fd); }
+inline detail::WaitOp<READ> wait_readable(detail::FdRef fd) {
+    return detail::WaitOp<READ>(fd);
+}
 /// Waits until fd is reported writable.
-inline detail::WaitOp<WRITE> wait_writable(detail::FdRef fd) { return detail::WaitOp<WRITE>(fd); }
+inline detail::WaitOp<WRITE> wait_writable(detail::FdRef fd) {
+    return detail::WaitOp<WRITE>(fd);
+}
 
 /// One successful read() into `buffer`: the number of bytes read, 0 at end of file.
 inline detail::ReadOp read(detail::FdRef fd, detail::MutableBytes buffer) {

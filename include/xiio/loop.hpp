@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include <pthread.h>
@@ -54,9 +55,14 @@ struct Runner {
     explicit Runner(Loop& l) noexcept;
     Runner(const Runner&) = delete;
     Runner& operator=(const Runner&) = delete;
-    virtual ~Runner();
-    /// Called once the outermost frame reached its final suspend point.
+    virtual ~Runner() { retire(); }
+    /// Called once the outermost frame reached its final suspend point (from inside it:
+    /// the frame must not be destroyed here, see Loop::bury).
     virtual void finished() noexcept {}
+    /// Called instead of starting a runner that got an exception before it ever ran.
+    virtual void abandon() noexcept {}
+    /// Leaves the loop's list of live runners (a finished member may outlive the loop).
+    void retire() noexcept;
 
     Loop* loop;
     std::coroutine_handle<> resume_; // where the loop continues this runner
@@ -64,6 +70,7 @@ struct Runner {
     std::exception_ptr pending_;     // thrown at its next co_await (thrown in while running)
     Runner* next_ready_ = nullptr;
     bool queued_ = false;
+    bool started_ = true;        // group members start false: never run if cancelled first
     Runner* prev_all_ = nullptr; // the loop's list of live runners (for failures, accounting)
     Runner* next_all_ = nullptr;
 };
@@ -164,16 +171,21 @@ public:
     void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) override {
         epoll_event events[256];
         int n;
-        if (deadline == Clock::time_point::max()) {
-            n = retry_eintr([&] { return ::epoll_pwait2(fd_, events, 256, nullptr, nullptr); });
-        } else {
-            auto now = Clock::now();
-            auto rel = deadline > now ? deadline - now : Clock::duration::zero();
-            // Round up: waking a nanosecond early would only cost another wait.
-            auto ns = std::chrono::ceil<std::chrono::nanoseconds>(rel).count();
-            timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-            n = retry_eintr([&] { return ::epoll_pwait2(fd_, events, 256, &ts, nullptr); });
-        }
+        do { // on EINTR, wait again for what is left: a signal storm must not extend it
+            timespec ts{};
+            timespec* timeout = nullptr;
+            if (deadline != Clock::time_point::max()) {
+                auto now = Clock::now();
+                // Rounded up: waking a nanosecond early would only cost another wait.
+                auto ns = deadline > now
+                              ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now).count()
+                              : 0;
+                ts = {static_cast<time_t>(ns / 1'000'000'000),
+                      static_cast<long>(ns % 1'000'000'000)};
+                timeout = &ts;
+            }
+            n = ::epoll_pwait2(fd_, events, 256, timeout, nullptr);
+        } while (n < 0 && errno == EINTR);
         if (n < 0)
             throw_errno("epoll_pwait2");
         for (int i = 0; i < n; ++i) {
@@ -190,8 +202,8 @@ public:
 private:
     int ctl(int op, int fd, unsigned events, bool oneshot) noexcept {
         epoll_event ev{};
-        ev.events = ((events & READ) ? EPOLLIN | EPOLLRDHUP : 0u) | ((events & WRITE) ? EPOLLOUT : 0u) |
-                    (oneshot ? EPOLLONESHOT : 0u);
+        ev.events = ((events & READ) ? EPOLLIN | EPOLLRDHUP : 0u) |
+                    ((events & WRITE) ? EPOLLOUT : 0u) | (oneshot ? EPOLLONESHOT : 0u);
         ev.data.fd = fd;
         return ::epoll_ctl(fd_, op, fd, &ev) == 0 ? 0 : errno;
     }
@@ -221,6 +233,7 @@ public:
     Loop(const Loop&) = delete;
     Loop& operator=(const Loop&) = delete;
     ~Loop() {
+        flush_graveyard();
         for (auto& e : fds_)
             if (e.owner)
                 e.owner->loop = nullptr;
@@ -406,6 +419,18 @@ public:
     /// exists, a loop in which every task waits for a future is not a deadlock.
     void keepalive(int delta) noexcept { keepalive_ += delta; }
 
+    /// Destroys a finished frame once control is back in the loop: a frame cannot be
+    /// destroyed from its own final_suspend without relying on what the compiler does
+    /// after await_suspend returns.
+    void bury(std::coroutine_handle<> h) { graveyard_.push_back(h); }
+    void flush_graveyard() noexcept {
+        while (!graveyard_.empty()) {
+            auto h = graveyard_.back();
+            graveyard_.pop_back();
+            h.destroy();
+        }
+    }
+
     /// The first failure of the waiting step (or a deadlock); run() rethrows it.
     std::exception_ptr failure_;
     /// True while this loop blocks SIGPIPE in its thread (see SigpipeGuard).
@@ -485,8 +510,13 @@ private:
             e.armed = 0; // one-shot: disarmed by this report
         for (FdNode* n = e.head; n; n = n->next) {
             unsigned hit = n->events & ev.events;
-            if (!hit || n->wait->woken)
+            if (!hit)
                 continue;
+            if (n->wait->woken) { // e.g. a Condition: collect every fd ready in this poll
+                if (!n->perform)
+                    n->ready |= hit;
+                continue;
+            }
             n->ready |= hit;
             if (!n->perform || n->perform(n))
                 wake(*n->wait);
@@ -516,7 +546,16 @@ private:
             --ready_size_;
             r->queued_ = false;
             r->wait_ = nullptr; // a yield's wait ends here
+            if (!r->started_) {
+                r->started_ = true;
+                if (r->pending_) {
+                    r->abandon(); // cancelled before it started: it never runs
+                    flush_graveyard();
+                    continue;
+                }
+            }
             r->resume_.resume();
+            flush_graveyard();
         }
     }
 
@@ -550,13 +589,13 @@ private:
         }
     }
 
-    /// The waiting step failed: throw the error into every task suspended at a leaf, so
-    /// its cleanup runs; run() rethrows it at the end.
+    /// The waiting step failed: throw the error into every task (at its current co_await,
+    /// or its next one if it is ready), so its cleanup runs; run() rethrows it at the end.
     void fail_all(std::exception_ptr e) noexcept {
         if (!failure_)
             failure_ = e;
         for (Runner* r = runners_; r; r = r->next_all_)
-            if (r->wait_ && !r->wait_->interrupt)
+            if (!r->wait_ || !r->wait_->interrupt) // a group's join hears it from members
                 throw_in(*r, e);
     }
 
@@ -601,10 +640,16 @@ private:
     std::size_t fd_waiters_ = 0;
     int keepalive_ = 0;
     Runner* runners_ = nullptr;
+    std::vector<std::coroutine_handle<>> graveyard_;
 };
 
-inline Runner::Runner(Loop& l) noexcept : loop(&l) { l.link(*this); }
-inline Runner::~Runner() { loop->unlink(*this); }
+inline Runner::Runner(Loop& l) noexcept : loop(&l) {
+    l.link(*this);
+}
+inline void Runner::retire() noexcept {
+    if (loop)
+        std::exchange(loop, nullptr)->unlink(*this);
+}
 
 inline void WaiterList::push(FutureNode& n) noexcept {
     n.list = this;

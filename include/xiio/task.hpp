@@ -21,7 +21,8 @@
 
 namespace xiio {
 
-template <class T = void> class Task;
+template <class T = void>
+class Task;
 
 namespace detail {
 
@@ -53,11 +54,12 @@ struct PromiseBase {
     void unhandled_exception() noexcept { exception_ = std::current_exception(); }
 };
 
-template <class T> struct Promise : PromiseBase {
+template <class T>
+struct Promise : PromiseBase {
     std::optional<T> value_;
     Task<T> get_return_object() noexcept;
     template <class U = T>
-        requires std::convertible_to<U&&, T>
+        requires(std::convertible_to<U &&, T>)
     void return_value(U&& v) {
         value_.emplace(std::forward<U>(v));
     }
@@ -68,7 +70,8 @@ template <class T> struct Promise : PromiseBase {
     }
 };
 
-template <> struct Promise<void> : PromiseBase {
+template <>
+struct Promise<void> : PromiseBase {
     Task<void> get_return_object() noexcept;
     void return_void() noexcept {}
     void take() {
@@ -86,7 +89,8 @@ concept XiioPromise = std::derived_from<P, PromiseBase>;
 
 /// A lazy coroutine: nothing runs until it is awaited or given to run() (or a group).
 /// Move-only; owns its frame.
-template <class T> class [[nodiscard]] Task {
+template <class T>
+class [[nodiscard]] Task {
 public:
     using promise_type = detail::Promise<T>;
     using value_type = T;
@@ -115,7 +119,8 @@ public:
                 throw std::logic_error("xiio: a Task can be awaited only once");
             return false;
         }
-        template <detail::XiioPromise P> bool await_suspend(std::coroutine_handle<P> parent) {
+        template <detail::XiioPromise P>
+        bool await_suspend(std::coroutine_handle<P> parent) {
             promise_type& child = h_.promise();
             child.runner_ = parent.promise().runner_;
             child.continuation_ = parent;
@@ -129,8 +134,9 @@ public:
     Awaiter operator co_await() & noexcept { return Awaiter{h_}; }
     Awaiter operator co_await() && noexcept { return Awaiter{h_}; }
 
-    // Plumbing for run() and task groups: start this task as the root of `runner`.
+    // Plumbing for run() and task groups, which start a task as the root of a runner.
     std::coroutine_handle<promise_type> handle() const noexcept { return h_; }
+    std::coroutine_handle<promise_type> release() noexcept { return std::exchange(h_, {}); }
 
 private:
     void reset() noexcept {
@@ -142,18 +148,22 @@ private:
 
 namespace detail {
 
-template <class T> Task<T> Promise<T>::get_return_object() noexcept {
+template <class T>
+Task<T> Promise<T>::get_return_object() noexcept {
     return Task<T>(std::coroutine_handle<Promise<T>>::from_promise(*this));
 }
 inline Task<void> Promise<void>::get_return_object() noexcept {
     return Task<void>(std::coroutine_handle<Promise<void>>::from_promise(*this));
 }
 
-template <class A> struct is_task : std::false_type {};
-template <class T> struct is_task<Task<T>> : std::true_type {};
+template <class A>
+struct is_task : std::false_type {};
+template <class T>
+struct is_task<Task<T>> : std::true_type {};
 
 /// Wraps a light awaitable into a Task (one frame), for APIs that take tasks.
-template <class R, class A> Task<R> wrap(A a) {
+template <class R, class A>
+Task<R> wrap(A a) {
     if constexpr (std::is_void_v<R>)
         co_await std::move(a);
     else
@@ -162,7 +172,8 @@ template <class R, class A> Task<R> wrap(A a) {
 
 /// Base of light awaitables: they convert to Task<R> where a Task is needed
 /// (`add_task(sleep(1s))`, `run(read(fd, 10))`).
-template <class Derived, class R> struct Leaf {
+template <class Derived, class R>
+struct Leaf {
     using value_type = R;
     operator Task<R>() && { return wrap<R>(std::move(static_cast<Derived&>(*this))); }
 };
@@ -173,7 +184,8 @@ concept Wrappable = requires { typename std::remove_cvref_t<A>::value_type; } &&
                                         Task<typename std::remove_cvref_t<A>::value_type>>;
 
 /// Task<T> as is; a light awaitable wrapped into a Task.
-template <class A> auto as_task(A&& a) {
+template <class A>
+auto as_task(A&& a) {
     using D = std::remove_cvref_t<A>;
     if constexpr (is_task<D>::value)
         return D(std::move(a));
@@ -181,7 +193,8 @@ template <class A> auto as_task(A&& a) {
         return Task<typename D::value_type>(std::move(a));
 }
 
-template <class A> using task_value_t = typename decltype(as_task(std::declval<A>()))::value_type;
+template <class A>
+using task_value_t = typename decltype(as_task(std::declval<A>()))::value_type;
 
 /// The root runner of run(): done when the task finished.
 struct RootRunner final : Runner {
@@ -203,7 +216,8 @@ struct CurrentLoop {
 /// its exception. If the loop's waiting step failed, that error is rethrown (after every
 /// task was unwound), even if tasks caught it. Throws std::logic_error inside a running
 /// loop of the same thread (co_await the task instead).
-template <class T> T run(Task<T> task) {
+template <class T>
+T run(Task<T> task) {
     if (detail::current_loop())
         throw std::logic_error("xiio::run: a loop is already running on this thread");
     if (!task)

@@ -1,0 +1,492 @@
+#pragma once
+// Structured concurrency: TaskGroup / task_group, TaskHandle, gather, timeout.
+//
+// How the group adopts its parent (see docs/design.md for the long version):
+// `co_await task_group(body)` runs a coroutine that owns the TaskGroup. It turns
+// `body(tg)` into the first member, a Runner of its own, and then suspends the parent
+// in the group's join, a Wait that only the group completes. The body is started inline
+// from the join's await_suspend, so it runs at once, exactly as the block of the seed's
+// `async with TaskGroup()` does; tasks it adds are queued behind it and start when it
+// suspends. Each member's outermost frame reports to the group when it reaches its final
+// suspend point (Member::finished); the last one to finish wakes the parent.
+//
+// Cancelling is throwing a CancelledError into every member (Loop::throw_in): a suspended
+// one resumes with it, a running one gets it at its next co_await, and one that never
+// started is destroyed unrun (Member::abandon). A cancellation from outside reaches the
+// parent while it sits in the join: the join forwards it to the members instead of
+// resuming the parent, and rethrows it once they all finished.
+
+#include <xiio/core.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <tuple>
+#include <variant>
+#include <vector>
+
+namespace xiio {
+
+class TaskGroup;
+
+namespace detail {
+
+/// A group member: its runner, its outcome, and the future its handles wait for. Shared
+/// with the TaskHandles, so the outcome outlives the group.
+struct MemberBase : Runner {
+    using Runner::Runner;
+    TaskGroup* group_ = nullptr;
+    MemberBase* gprev_ = nullptr; // the group's list of unfinished members
+    MemberBase* gnext_ = nullptr;
+    std::exception_ptr error_;
+    bool cancelled_ = false;
+    Future<void> finished_;
+    std::shared_ptr<MemberBase> self_; // keeps the member alive while it runs
+
+    void finished() noexcept override;
+    void abandon() noexcept override;
+    virtual void collect() noexcept = 0; // moves the outcome out of the frame
+    virtual std::coroutine_handle<> release_frame() noexcept = 0;
+    void complete() noexcept;
+};
+
+template <class T>
+struct Member final : MemberBase {
+    Member(Loop& l, Task<T> t) : MemberBase(l), task_(std::move(t)) {
+        task_.handle().promise().runner_ = this;
+        resume_ = task_.handle();
+    }
+    Task<T> task_;
+    std::optional<std::conditional_t<std::is_void_v<T>, std::monostate, T>> value_;
+
+    void collect() noexcept override {
+        try {
+            if constexpr (std::is_void_v<T>) {
+                task_.handle().promise().take();
+                value_.emplace();
+            } else {
+                value_.emplace(task_.handle().promise().take());
+            }
+        } catch (const CancelledError&) {
+            cancelled_ = true;
+        } catch (...) {
+            error_ = std::current_exception();
+        }
+    }
+    std::coroutine_handle<> release_frame() noexcept override { return task_.release(); }
+
+    /// The outcome: a copy of the value (moved if T is move-only), or rethrows.
+    T result() {
+        if (!finished_.done())
+            throw std::logic_error("xiio::TaskHandle::result: the task has not finished");
+        if (error_)
+            std::rethrow_exception(error_);
+        if (cancelled_)
+            throw CancelledError{};
+        if constexpr (!std::is_void_v<T>) {
+            if constexpr (std::is_copy_constructible_v<T>)
+                return *value_;
+            else
+                return std::move(*value_);
+        }
+    }
+};
+
+} // namespace detail
+
+/// Refers to a task added to a group: copyable and cheap, valid after the group is gone.
+template <class T>
+class TaskHandle {
+public:
+    explicit TaskHandle(std::shared_ptr<detail::Member<T>> m) noexcept : m_(std::move(m)) {}
+
+    /// Finished by value, exception or cancellation.
+    bool done() const noexcept { return m_->finished_.done(); }
+    /// A copy of the value (a move-only value is moved out: take it once); rethrows the
+    /// task's exception; CancelledError if it was cancelled; std::logic_error if not done.
+    T result() const { return m_->result(); }
+
+    /// `co_await handle`: waits until the task finished, then as result().
+    struct Awaiter : Future<void>::Awaiter {
+        explicit Awaiter(std::shared_ptr<detail::Member<T>> m) noexcept
+            : Future<void>::Awaiter(&m->finished_), m_(std::move(m)) {}
+        T await_resume() {
+            Future<void>::Awaiter::await_resume();
+            return m_->result();
+        }
+        std::shared_ptr<detail::Member<T>> m_;
+    };
+    Awaiter operator co_await() const noexcept { return Awaiter(m_); }
+
+private:
+    std::shared_ptr<detail::Member<T>> m_;
+};
+
+/// A scope of tasks; see task_group(). Only ever used by reference.
+class TaskGroup {
+public:
+    TaskGroup() : loop_(detail::current_loop()) {
+        if (!loop_)
+            throw std::logic_error("xiio::TaskGroup: no loop runs on this thread");
+    }
+    TaskGroup(const TaskGroup&) = delete;
+    TaskGroup& operator=(const TaskGroup&) = delete;
+    ~TaskGroup() { assert(size_ == 0); }
+
+    /// Queues `task` as a member; it starts once the adding task suspends (or finishes).
+    template <class T>
+    TaskHandle<T> add_task(Task<T> task) {
+        if (closed_)
+            throw std::logic_error("xiio::TaskGroup::add_task: the group has finished");
+        if (!task)
+            throw std::logic_error("xiio::TaskGroup::add_task: empty Task");
+        auto m = std::make_shared<detail::Member<T>>(*loop_, std::move(task));
+        enter(*m, m);
+        m->started_ = false;
+        loop_->schedule(m.get());
+        return TaskHandle<T>(std::move(m));
+    }
+    /// add_task() for a light awaitable (`tg.add_task(sleep(1s))`).
+    template <detail::Wrappable A>
+        requires(!detail::is_task<std::remove_cvref_t<A>>::value)
+    auto add_task(A&& a) {
+        return add_task(detail::as_task(std::forward<A>(a)));
+    }
+
+    /// Cancels every member, the body included; the group then ends without error.
+    /// Tasks added afterwards run normally.
+    void cancel() noexcept {
+        if (cancelled_)
+            return;
+        cancelled_ = true;
+        cancel_members();
+    }
+
+    /// Unfinished members: the body and tasks not started yet count.
+    std::size_t size() const noexcept { return size_; }
+
+    // ---- plumbing for task_group() ----------------------------------------------------
+
+    template <class T>
+    std::shared_ptr<detail::Member<T>> add_body(Task<T> task) {
+        auto m = std::make_shared<detail::Member<T>>(*loop_, std::move(task));
+        enter(*m, m);
+        body_ = m.get();
+        return m;
+    }
+
+    /// The parent's wait for the group: starts the body, then suspends until every
+    /// member finished. Cancellation of the parent is forwarded to the members.
+    struct Join {
+        TaskGroup* g;
+        bool await_ready() const noexcept { return false; }
+        template <detail::XiioPromise P>
+        bool await_suspend(std::coroutine_handle<P> h) {
+            detail::Runner& parent = *h.promise().runner_;
+            if (parent.pending_) // the parent was cancelled before it got here
+                g->interrupted(std::exchange(parent.pending_, nullptr));
+            if (auto* body = std::exchange(g->body_, nullptr)) {
+                if (body->pending_)
+                    body->abandon(); // cancelled before it started: it never runs
+                else
+                    body->resume_.resume(); // runs until the body first suspends or ends
+                g->loop_->flush_graveyard();
+            }
+            if (parent.pending_) // cancelled from outside while the body ran
+                g->interrupted(std::exchange(parent.pending_, nullptr));
+            if (g->size_ == 0)
+                return false;
+            g->join_.runner = &parent;
+            g->join_.woken = false;
+            g->join_.interrupt = &TaskGroup::on_interrupt;
+            g->loop_->suspend(parent, g->join_, h);
+            g->joined_ = true;
+            return true;
+        }
+        void await_resume() noexcept {
+            g->joined_ = false;
+            g->closed_ = true;
+        }
+    };
+    Join join() noexcept { return Join{this}; }
+
+    /// After join: the first exception of a member, or what the parent was cancelled
+    /// with from outside (which wins: it is never swallowed).
+    void rethrow() const {
+        if (outside_)
+            std::rethrow_exception(outside_);
+        if (error_)
+            std::rethrow_exception(error_);
+    }
+
+private:
+    friend struct detail::MemberBase;
+
+    struct JoinWait : detail::Wait {
+        TaskGroup* group;
+    };
+
+    void enter(detail::MemberBase& m, std::shared_ptr<detail::MemberBase> self) noexcept {
+        m.group_ = this;
+        m.self_ = std::move(self);
+        m.gnext_ = members_;
+        if (members_)
+            members_->gprev_ = &m;
+        members_ = &m;
+        ++size_;
+    }
+
+    void leave(detail::MemberBase& m) noexcept {
+        (m.gprev_ ? m.gprev_->gnext_ : members_) = m.gnext_;
+        if (m.gnext_)
+            m.gnext_->gprev_ = m.gprev_;
+        m.group_ = nullptr;
+        if (m.error_ && !cancelled_) { // the first exception wins, later ones are dropped
+            error_ = m.error_;
+            cancelled_ = true;
+            cancel_members();
+        }
+        if (--size_ == 0 && joined_)
+            loop_->wake(join_);
+    }
+
+    void cancel_members() noexcept {
+        auto e = std::make_exception_ptr(CancelledError{});
+        for (detail::MemberBase* m = members_; m; m = m->gnext_)
+            loop_->throw_in(*m, e);
+    }
+
+    void interrupted(std::exception_ptr e) noexcept {
+        if (!outside_)
+            outside_ = std::move(e);
+        if (!cancelled_) {
+            cancelled_ = true;
+            cancel_members();
+        }
+    }
+
+    static void on_interrupt(detail::Wait* w, std::exception_ptr e) {
+        static_cast<JoinWait*>(w)->group->interrupted(std::move(e));
+    }
+
+    detail::Loop* loop_;
+    detail::MemberBase* members_ = nullptr;
+    detail::MemberBase* body_ = nullptr; // until the join started it
+    std::size_t size_ = 0;
+    std::exception_ptr error_;
+    std::exception_ptr outside_;
+    bool cancelled_ = false;
+    bool joined_ = false;
+    bool closed_ = false;
+    JoinWait join_{{}, this};
+};
+
+namespace detail {
+
+inline void MemberBase::finished() noexcept {
+    // Inside the member's own final_suspend: take the outcome, leave the frame to the
+    // loop's graveyard, then report to the group (which may wake the parent).
+    collect();
+    if (loop)
+        loop->bury(release_frame());
+    complete();
+}
+
+inline void MemberBase::abandon() noexcept {
+    cancelled_ = true;
+    release_frame().destroy(); // never started: no frame of it is running
+    complete();
+}
+
+inline void MemberBase::complete() noexcept {
+    retire();
+    if (group_)
+        group_->leave(*this);
+    finished_.set_result();
+    self_.reset(); // may destroy this member, if no handle refers to it
+}
+
+template <class Body>
+using body_task_t = decltype(as_task(std::declval<std::invoke_result_t<Body&, TaskGroup&>>()));
+
+template <class Body, class R = typename body_task_t<Body>::value_type>
+Task<R> run_group(Body body) {
+    TaskGroup tg;
+    std::shared_ptr<Member<R>> b;
+    std::exception_ptr setup_error;
+    try {
+        b = tg.add_body(as_task(std::invoke(body, tg)));
+    } catch (...) { // the body could not even be created: cancel what it added
+        setup_error = std::current_exception();
+        tg.cancel();
+    }
+    co_await tg.join();
+    if (setup_error)
+        std::rethrow_exception(setup_error);
+    tg.rethrow();
+    if constexpr (std::is_void_v<R>) {
+        co_return;
+    } else {
+        co_return b->result(); // CancelledError if the body was cancelled (no value)
+    }
+}
+
+} // namespace detail
+
+/// Runs `body(tg)` as the first member of a new group and returns its value once every
+/// member finished. The first exception of any member cancels all others and is rethrown
+/// after they finished; a cancel() ends the group without error (a cancelled body has no
+/// value: task_group<R> then throws CancelledError). `body` is kept alive until the end.
+template <class Body>
+auto task_group(Body body) {
+    return detail::run_group(std::move(body));
+}
+
+/// Runs all tasks concurrently; a tuple of their values (void: std::monostate). The first
+/// exception cancels the others and is rethrown after they finished.
+template <class... A>
+auto gather(A&&... tasks) {
+    using Result = std::tuple<std::conditional_t<std::is_void_v<detail::task_value_t<A>>,
+                                                 std::monostate, detail::task_value_t<A>>...>;
+    return [](auto... ts) -> Task<Result> {
+        std::tuple<TaskHandle<typename decltype(ts)::value_type>...> handles{
+            TaskHandle<typename decltype(ts)::value_type>(nullptr)...};
+        auto body = [&](TaskGroup& tg) -> Task<void> {
+            handles = {tg.add_task(std::move(ts))...};
+            co_return;
+        };
+        co_await task_group(std::ref(body));
+        co_return std::apply(
+            [](auto&... h) {
+                return Result{[&] {
+                    if constexpr (std::is_void_v<decltype(h.result())>) {
+                        h.result();
+                        return std::monostate{};
+                    } else {
+                        return h.result();
+                    }
+                }()...};
+            },
+            handles);
+    }(detail::as_task(std::forward<A>(tasks))...);
+}
+
+/// Runs all tasks concurrently; their values in input order (T = void: nothing).
+template <class T>
+Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>>
+gather(std::vector<Task<T>> tasks) {
+    std::vector<TaskHandle<T>> handles;
+    handles.reserve(tasks.size());
+    auto body = [&](TaskGroup& tg) -> Task<void> {
+        for (auto& t : tasks)
+            handles.push_back(tg.add_task(std::move(t)));
+        co_return;
+    };
+    co_await task_group(std::ref(body));
+    if constexpr (std::is_void_v<T>) {
+        co_return;
+    } else {
+        std::vector<T> values;
+        values.reserve(handles.size());
+        for (auto& h : handles)
+            values.push_back(h.result());
+        co_return values;
+    }
+}
+
+namespace detail {
+
+/// A timeout's body: a Task (or light awaitable) or a callable returning one.
+template <class B>
+auto make_body(B& b) {
+    if constexpr (std::is_invocable_v<B&>)
+        return as_task(std::invoke(b));
+    else
+        return as_task(std::move(b));
+}
+template <class B>
+using timeout_value_t = typename decltype(make_body(std::declval<B&>()))::value_type;
+
+/// Runs `body` in a group with a timer member that cancels the group at `deadline`.
+/// Returns the body's value, or nullopt if the deadline passed first.
+template <class R, class B>
+Task<std::optional<std::conditional_t<std::is_void_v<R>, std::monostate, R>>>
+run_with_deadline(Clock::time_point deadline, B body) {
+    using V = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+    // `finished` decides races: a timer woken in the same iteration in which the body
+    // finished must not report a timeout, and a body that swallows the cancellation and
+    // returns a value after the deadline still timed out.
+    bool expired = false;
+    bool finished = false;
+    std::optional<V> value;
+    auto group_body = [&](TaskGroup& tg) -> Task<void> {
+        auto timer = [](TaskGroup& g, Clock::time_point t, bool& exp,
+                        const bool& fin) -> Task<void> {
+            co_await sleep_until(t);
+            if (!fin) {
+                exp = true;
+                g.cancel();
+            }
+        };
+        tg.add_task(timer(tg, deadline, expired, finished));
+        if constexpr (std::is_void_v<R>) {
+            co_await make_body(body);
+            value.emplace();
+        } else {
+            value.emplace(co_await make_body(body));
+        }
+        finished = true;
+        tg.cancel(); // stops the timer; the body gets no cancellation: it awaits no more
+    };
+    co_await task_group(std::ref(group_body));
+    if (expired)
+        co_return std::nullopt; // even if the body swallowed the cancellation
+    if (!value)
+        throw CancelledError{}; // not ours: some other cancellation ended the body
+    co_return value;
+}
+
+} // namespace detail
+
+/// Runs `body` (a Task, or a callable returning one, kept alive until it ends) and returns
+/// its value; if `d` passes first, the body gets CancelledError, is waited for, and
+/// TimeoutError is thrown. std::nullopt: no limit. With nested timeouts only the one whose
+/// deadline passed reports a timeout; the others see a plain cancellation.
+template <class Rep, class Period, class B>
+Task<detail::timeout_value_t<B>> timeout(std::optional<std::chrono::duration<Rep, Period>> d,
+                                         B body) {
+    using R = detail::timeout_value_t<B>;
+    if (!d) {
+        co_return co_await detail::make_body(body);
+    } else {
+        auto r = co_await detail::run_with_deadline<R>(detail::deadline_after(*d), std::move(body));
+        if (!r)
+            throw TimeoutError();
+        if constexpr (!std::is_void_v<R>)
+            co_return std::move(*r);
+    }
+}
+template <class Rep, class Period, class B>
+Task<detail::timeout_value_t<B>> timeout(std::chrono::duration<Rep, Period> d, B body) {
+    return timeout(std::optional<std::chrono::duration<Rep, Period>>(d), std::move(body));
+}
+template <class B>
+Task<detail::timeout_value_t<B>> timeout(std::nullopt_t, B body) {
+    return timeout(std::optional<Clock::duration>(), std::move(body));
+}
+
+/// Like timeout(), but the deadline is not an error: std::optional<R> (R = void: bool),
+/// empty (false) when the deadline passed first.
+template <class Rep, class Period, class B>
+auto move_on_after(std::chrono::duration<Rep, Period> d, B body)
+    -> Task<std::conditional_t<std::is_void_v<detail::timeout_value_t<B>>, bool,
+                               std::optional<detail::timeout_value_t<B>>>> {
+    using R = detail::timeout_value_t<B>;
+    auto r = co_await detail::run_with_deadline<R>(detail::deadline_after(d), std::move(body));
+    if constexpr (std::is_void_v<R>)
+        co_return r.has_value();
+    else
+        co_return r ? std::optional<R>(std::move(*r)) : std::nullopt;
+}
+
+} // namespace xiio
