@@ -1,0 +1,94 @@
+#pragma once
+// What every test uses: run an async body (the seed's XiioTestCase), check timings with a
+// tolerance, and check that nothing leaked (fds, children).
+
+#include <catch2/catch.hpp>
+#include <xiio.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+// Never write co_await inside CHECK/REQUIRE: the macros repeat their expression in an
+// unevaluated `false && (...)`, and g++ 12 still runs a co_await there (twice in all).
+// Await into a local first; CHECK_THROWS_AS(co_await ...) is fine.
+
+namespace test {
+
+using namespace std::chrono_literals;
+using Ms = std::chrono::milliseconds;
+
+/// The open fds of this process, with what they point to.
+inline std::map<int, std::string> open_fds() {
+    std::map<int, std::string> fds;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        auto target = std::filesystem::read_symlink(e.path(), ec);
+        fds[std::stoi(e.path().filename().string())] = target.string();
+    }
+    return fds;
+}
+
+/// Checks that the fds open when it was created are exactly those open when check() runs
+/// (the directory iterator's own fd is open during both listings, so it cancels out).
+class LeakCheck {
+public:
+    LeakCheck() : before_(open_fds()) {}
+    void check() const { CHECK(open_fds() == before_); }
+
+private:
+    std::map<int, std::string> before_;
+};
+
+/// Runs `body()` (a coroutine returning xiio::Task) on a fresh loop, then checks that no
+/// fd leaked, also when it throws.
+template <class F>
+auto run(F body) {
+    LeakCheck leaks;
+    try {
+        if constexpr (std::is_void_v<decltype(xiio::run(body()))>) {
+            xiio::run(body());
+            leaks.check();
+        } else {
+            auto r = xiio::run(body());
+            leaks.check();
+            return r;
+        }
+    } catch (...) {
+        leaks.check();
+        throw;
+    }
+}
+
+/// Runs `f` and checks it took at least `expected` and less than `expected + slack`.
+template <class F>
+void assert_duration(Ms expected, F f, Ms slack = 100ms) {
+    auto start = xiio::Clock::now();
+    f();
+    auto took = std::chrono::duration_cast<Ms>(xiio::Clock::now() - start);
+    INFO("took " << took.count() << " ms, expected " << expected.count() << " ms");
+    CHECK(took >= expected);
+    CHECK(took < expected + slack);
+}
+
+/// Milliseconds since `start`.
+inline long elapsed_ms(xiio::Clock::time_point start) {
+    return static_cast<long>(std::chrono::duration_cast<Ms>(xiio::Clock::now() - start).count());
+}
+
+/// A non-blocking, close-on-exec pipe owned by two Fds.
+struct Pipe {
+    xiio::Fd r, w;
+    explicit Pipe(int flags = O_NONBLOCK) {
+        int p[2];
+        REQUIRE(::pipe2(p, O_CLOEXEC | flags) == 0);
+        r = xiio::Fd(p[0]);
+        w = xiio::Fd(p[1]);
+    }
+};
+
+} // namespace test

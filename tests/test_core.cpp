@@ -1,0 +1,387 @@
+// Tests of xiio/task.hpp and xiio/core.hpp: tasks, run(), sleep, yield, Condition, Future.
+#include "helpers.hpp"
+
+#include <memory>
+#include <random>
+#include <thread>
+
+using namespace test;
+using xiio::Task;
+
+namespace {
+
+Task<int> value(int v) {
+    co_return v;
+}
+
+Task<void> set_flag(bool& flag) {
+    flag = true;
+    co_return;
+}
+
+Task<int> throws_logic() {
+    throw std::logic_error("inner");
+    co_return 0;
+}
+
+} // namespace
+
+TEST_CASE("task doesn't start until awaited") {
+    run([]() -> Task<void> {
+        bool started = false;
+        auto t = set_flag(started);
+        co_await xiio::yield();
+        CHECK_FALSE(started);
+        co_await t;
+        CHECK(started);
+    });
+}
+
+TEST_CASE("a task returns its value, also a move-only one") {
+    auto r = run([]() -> Task<std::unique_ptr<int>> {
+        {
+            auto got = co_await value(42);
+            CHECK(got == 42);
+        }
+        auto inner = []() -> Task<std::unique_ptr<int>> { co_return std::make_unique<int>(7); };
+        co_return co_await inner();
+    });
+    REQUIRE(r);
+    CHECK(*r == 7);
+}
+
+TEST_CASE("exceptions propagate through co_await and out of run") {
+    CHECK_THROWS_WITH(run([]() -> Task<int> { co_return co_await throws_logic(); }), "inner");
+}
+
+TEST_CASE("lots of synchronous completions don't overflow the stack") {
+    auto sum = run([]() -> Task<long> {
+        long s = 0;
+        for (int i = 0; i < 1'000'000; ++i)
+            s += co_await value(1);
+        co_return s;
+    });
+    CHECK(sum == 1'000'000);
+}
+
+TEST_CASE("lots of asynchronous completions don't overflow the stack") {
+    auto sum = run([]() -> Task<long> {
+        auto later = [](int v) -> Task<int> {
+            co_await xiio::yield();
+            co_return v;
+        };
+        long s = 0;
+        for (int i = 0; i < 200'000; ++i)
+            s += co_await later(1);
+        co_return s;
+    });
+    CHECK(sum == 200'000);
+}
+
+TEST_CASE("awaiting a moved-from task throws logic_error") {
+    run([]() -> Task<void> {
+        auto t = value(1);
+        auto moved = std::move(t);
+        CHECK_THROWS_AS(co_await t, std::logic_error);
+        {
+            auto got = co_await moved;
+            CHECK(got == 1);
+        }
+    });
+}
+
+TEST_CASE("awaiting a task twice throws logic_error") {
+    run([]() -> Task<void> {
+        auto t = value(1);
+        {
+            auto got = co_await t;
+            CHECK(got == 1);
+        }
+        CHECK_THROWS_AS(co_await t, std::logic_error);
+    });
+}
+
+TEST_CASE("run inside a running loop throws logic_error") {
+    run([]() -> Task<void> {
+        CHECK_THROWS_AS(xiio::run(value(1)), std::logic_error);
+        co_return;
+    });
+}
+
+TEST_CASE("run of an empty task throws logic_error") {
+    CHECK_THROWS_AS(xiio::run(Task<int>()), std::logic_error);
+}
+
+TEST_CASE("run works on several threads at once, each with its own loop") {
+    assert_duration(100ms, [] {
+        std::vector<std::thread> threads;
+        std::atomic<int> done{0};
+        for (int i = 0; i < 4; ++i)
+            threads.emplace_back([&] {
+                xiio::run([]() -> Task<void> { co_await xiio::sleep(100ms); }());
+                ++done;
+            });
+        for (auto& t : threads)
+            t.join();
+        CHECK(done == 4);
+    });
+}
+
+TEST_CASE("run accepts a light awaitable") {
+    assert_duration(50ms, [] { xiio::run(xiio::sleep(50ms)); });
+}
+
+TEST_CASE("sleep waits at least its duration") {
+    assert_duration(100ms, [] {
+        auto r = run([]() -> Task<std::string> {
+            co_await xiio::sleep(100ms);
+            co_return "Hello World";
+        });
+        CHECK(r == "Hello World");
+    });
+}
+
+TEST_CASE("sleep accepts any duration type") {
+    assert_duration(50ms, [] {
+        run([]() -> Task<void> { co_await xiio::sleep(std::chrono::duration<double>(0.05)); });
+    });
+}
+
+TEST_CASE("yield lets every ready task run once first, in FIFO order") {
+    auto order = run([]() -> Task<std::string> {
+        std::string s;
+        auto step = [&s](char c) -> Task<void> {
+            s += c;
+            co_await xiio::yield();
+            s += static_cast<char>(c + 1);
+        };
+        co_await xiio::gather(step('a'), step('x'), step('m'));
+        co_return s;
+    });
+    CHECK(order == "axmbyn");
+}
+
+TEST_CASE("sleep with a non-positive duration behaves like yield") {
+    auto order = run([]() -> Task<std::string> {
+        std::string s;
+        auto first = [&s]() -> Task<void> {
+            s += '1';
+            co_await xiio::sleep(-5ms);
+            s += '3';
+        };
+        auto second = [&s]() -> Task<void> {
+            s += '2';
+            co_return;
+        };
+        co_await xiio::gather(first(), second());
+        co_return s;
+    });
+    CHECK(order == "123");
+}
+
+TEST_CASE("sleep_until a past time point behaves like yield") {
+    auto order = run([]() -> Task<std::string> {
+        std::string s;
+        auto first = [&s]() -> Task<void> {
+            s += '1';
+            co_await xiio::sleep_until(xiio::Clock::now() - 1s);
+            s += '3';
+        };
+        auto second = [&s]() -> Task<void> {
+            s += '2';
+            co_return;
+        };
+        co_await xiio::gather(first(), second());
+        co_return s;
+    });
+    CHECK(order == "123");
+}
+
+TEST_CASE("many concurrent sleepers wake in deadline order, none early") {
+    run([]() -> Task<void> {
+        std::mt19937 rng(42);
+        std::vector<xiio::Clock::time_point> deadlines;
+        std::vector<int> order;
+        std::vector<Task<void>> tasks;
+        int early = 0;
+        // Deadlines start 100 ms out, so that none has passed before its sleeper starts
+        // (a passed one is scheduled like yield(), ahead of timers that fire later).
+        auto base = xiio::Clock::now() + 100ms;
+        for (int i = 0; i < 2000; ++i) {
+            auto deadline = base + std::chrono::microseconds(rng() % 100'000);
+            deadlines.push_back(deadline);
+            tasks.push_back([](int id, xiio::Clock::time_point t, std::vector<int>& out,
+                               int& early_count) -> Task<void> {
+                co_await xiio::sleep_until(t);
+                if (xiio::Clock::now() < t)
+                    ++early_count;
+                out.push_back(id);
+            }(i, deadline, order, early));
+        }
+        co_await xiio::gather(std::move(tasks));
+        CHECK(early == 0);
+        REQUIRE(order.size() == 2000);
+        for (std::size_t i = 1; i < order.size(); ++i)
+            CHECK(deadlines[static_cast<std::size_t>(order[i - 1])] <=
+                  deadlines[static_cast<std::size_t>(order[i])]);
+    });
+}
+
+TEST_CASE("an endless sleep can still be cancelled") {
+    run([]() -> Task<void> {
+        auto woke = co_await xiio::move_on_after(20ms, xiio::sleep(std::chrono::hours::max()));
+        CHECK_FALSE(woke);
+    });
+}
+
+// ---- Condition -------------------------------------------------------------------------
+
+TEST_CASE("Condition::combine takes the earliest time") {
+    auto t = xiio::Clock::now();
+    auto c = xiio::Condition::combine({{}, {.time = t + 1s}, {.time = t + 3s}, {.time = t - 2s}});
+    CHECK(c.time == t - 2s);
+}
+
+TEST_CASE("Condition::combine takes the union of futures") {
+    xiio::Future<int> f1, f2, f3;
+    auto c = xiio::Condition::combine({{}, {.futures = {&f1}}, {.futures = {&f1, &f2}}});
+    CHECK(c.futures == std::vector<const xiio::FutureBase*>{&f1, &f2});
+}
+
+TEST_CASE("Condition::combine merges the events of files") {
+    std::vector<xiio::Condition> parts{
+        {}, {.files = {{1, xiio::READ}, {2, xiio::READ}}}, {.files = {{1, xiio::WRITE}}}};
+    auto c = xiio::Condition::combine(parts); // any range works
+    CHECK(c.files == xiio::Files{{1, xiio::READ | xiio::WRITE}, {2, xiio::READ}});
+}
+
+TEST_CASE("Condition::fulfilled checks files and their events") {
+    xiio::Condition c{.files = {{1, xiio::READ}}};
+    CHECK(c.fulfilled({{1, xiio::READ}, {2, xiio::READ}}));
+    CHECK_FALSE(c.fulfilled({{1, xiio::WRITE}, {2, xiio::READ}}));
+}
+
+TEST_CASE("Condition::fulfilled checks futures and time") {
+    xiio::Future<int> f;
+    xiio::Condition c{.futures = {&f}};
+    CHECK_FALSE(c.fulfilled({}));
+    f.set_exception(std::make_exception_ptr(std::runtime_error("x")));
+    CHECK(c.fulfilled({}));
+    CHECK(xiio::Condition{.time = xiio::Clock::now()}.fulfilled({}));
+    CHECK_FALSE(xiio::Condition{.time = xiio::Clock::now() + 1h}.fulfilled({}));
+}
+
+TEST_CASE("awaiting a Condition returns every ready file") {
+    run([]() -> Task<void> {
+        Pipe p;
+        REQUIRE(::write(p.w.get(), "x", 1) == 1);
+        Pipe idle;
+        xiio::Condition c{.files = {{p.r.get(), xiio::READ},
+                                    {p.w.get(), xiio::WRITE},
+                                    {idle.r.get(), xiio::READ}}};
+        auto ready = co_await c;
+        CHECK(ready == xiio::Files{{p.r.get(), xiio::READ}, {p.w.get(), xiio::WRITE}});
+    });
+}
+
+TEST_CASE("a Condition's deadline returns empty files") {
+    assert_duration(50ms, [] {
+        run([]() -> Task<void> {
+            Pipe p;
+            xiio::Condition c{.files = {{p.r.get(), xiio::READ}},
+                              .time = xiio::Clock::now() + 50ms};
+            auto ready = co_await std::move(c);
+            CHECK(ready.empty());
+        });
+    });
+}
+
+TEST_CASE("a Condition wakes when one of its futures is set") {
+    assert_duration(30ms, [] {
+        run([]() -> Task<void> {
+            xiio::Future<int> f, never;
+            auto waiter = [&]() -> Task<void> {
+                xiio::Condition c{.futures = {&never, &f}, .time = xiio::Clock::now() + 1s};
+                auto ready = co_await c;
+                CHECK(ready.empty());
+                CHECK(f.done());
+            };
+            auto setter = [&]() -> Task<void> {
+                co_await xiio::sleep(30ms);
+                f.set_result(1);
+            };
+            co_await xiio::gather(waiter(), setter());
+        });
+    });
+}
+
+// ---- Future ----------------------------------------------------------------------------
+
+TEST_CASE("a future set before any loop runs gives its value") {
+    xiio::Future<std::string> f;
+    f.set_result("test");
+    CHECK(run([&]() -> Task<std::string> { co_return co_await f; }) == "test");
+}
+
+TEST_CASE("a future rethrows its exception to every await") {
+    xiio::Future<int> f;
+    f.set_exception(std::make_exception_ptr(std::invalid_argument("bad")));
+    run([&]() -> Task<void> {
+        CHECK_THROWS_AS(co_await f, std::invalid_argument);
+        CHECK_THROWS_AS(co_await f, std::invalid_argument);
+    });
+}
+
+TEST_CASE("a future is awaited by several tasks, each gets a copy") {
+    auto results = run([]() -> Task<std::vector<std::string>> {
+        xiio::Future<std::string> f;
+        auto waiter = [&]() -> Task<std::string> { co_return co_await f; };
+        auto setter = [&]() -> Task<std::string> {
+            co_await xiio::sleep(10ms);
+            f.set_result("v");
+            co_return "set";
+        };
+        auto [a, b, c, d] = co_await xiio::gather(waiter(), waiter(), setter(), waiter());
+        co_return std::vector<std::string>{a, b, c, d};
+    });
+    CHECK(results == std::vector<std::string>{"v", "v", "set", "v"});
+}
+
+TEST_CASE("Future<void> wakes its waiters") {
+    run([]() -> Task<void> {
+        xiio::Future<> f;
+        int woke = 0;
+        auto waiter = [&]() -> Task<void> {
+            co_await f;
+            ++woke;
+        };
+        auto setter = [&]() -> Task<void> {
+            co_await xiio::yield();
+            f.set_result();
+        };
+        co_await xiio::gather(waiter(), waiter(), setter());
+        CHECK(woke == 2);
+    });
+}
+
+TEST_CASE("setting a future twice throws logic_error") {
+    xiio::Future<int> f;
+    f.set_result(1);
+    CHECK_THROWS_AS(f.set_result(2), std::logic_error);
+    CHECK_THROWS_AS(f.set_exception(std::make_exception_ptr(1)), std::logic_error);
+    xiio::Future<> v;
+    v.set_result();
+    CHECK_THROWS_AS(v.set_result(), std::logic_error);
+}
+
+TEST_CASE("a future destroyed while awaited fails its waiters with logic_error") {
+    run([]() -> Task<void> {
+        auto f = std::make_unique<xiio::Future<int>>();
+        auto waiter = [&]() -> Task<void> { CHECK_THROWS_AS(co_await *f, std::logic_error); };
+        auto destroyer = [&]() -> Task<void> {
+            co_await xiio::yield();
+            f.reset();
+        };
+        co_await xiio::gather(waiter(), destroyer());
+    });
+}
