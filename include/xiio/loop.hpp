@@ -148,7 +148,7 @@ public:
     virtual void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) = 0;
 };
 
-class EpollPoller final : public Poller {
+class EpollPoller : public Poller {
 public:
     EpollPoller() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
         if (fd_ < 0)

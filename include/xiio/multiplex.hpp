@@ -227,19 +227,18 @@ private:
     };
 
     void enter(detail::MemberBase& m, std::shared_ptr<detail::MemberBase> self) noexcept {
+        // Appended: members are cancelled in the order they were added.
         m.group_ = this;
         m.self_ = std::move(self);
-        m.gnext_ = members_;
-        if (members_)
-            members_->gprev_ = &m;
-        members_ = &m;
+        m.gprev_ = last_;
+        (last_ ? last_->gnext_ : members_) = &m;
+        last_ = &m;
         ++size_;
     }
 
     void leave(detail::MemberBase& m) noexcept {
         (m.gprev_ ? m.gprev_->gnext_ : members_) = m.gnext_;
-        if (m.gnext_)
-            m.gnext_->gprev_ = m.gprev_;
+        (m.gnext_ ? m.gnext_->gprev_ : last_) = m.gprev_;
         m.group_ = nullptr;
         if (m.error_ && !cancelled_) { // the first exception wins, later ones are dropped
             error_ = m.error_;
@@ -256,13 +255,14 @@ private:
             loop_->throw_in(*m, e);
     }
 
+    /// The parent was cancelled from outside: a new cancellation for every member, even
+    /// if the group was cancel()ed before (its members may be cleaning up from that one).
     void interrupted(std::exception_ptr e) noexcept {
-        if (!outside_)
-            outside_ = std::move(e);
-        if (!cancelled_) {
-            cancelled_ = true;
-            cancel_members();
-        }
+        if (outside_)
+            return;
+        outside_ = std::move(e);
+        cancelled_ = true;
+        cancel_members();
     }
 
     static void on_interrupt(detail::Wait* w, std::exception_ptr e) {
@@ -270,7 +270,8 @@ private:
     }
 
     detail::Loop* loop_;
-    detail::MemberBase* members_ = nullptr;
+    detail::MemberBase* members_ = nullptr; // unfinished members, in the order added
+    detail::MemberBase* last_ = nullptr;
     detail::MemberBase* body_ = nullptr; // until the join started it
     std::size_t size_ = 0;
     std::exception_ptr error_;
