@@ -26,6 +26,15 @@ Task<int> throws_logic() {
 
 } // namespace
 
+static_assert(!std::is_base_of_v<std::exception, xiio::CancelledError>,
+              "a catch (std::exception&) must not swallow a cancellation");
+static_assert(std::is_base_of_v<std::runtime_error, xiio::TimeoutError>);
+static_assert(std::is_base_of_v<std::runtime_error, xiio::IncompleteReadError>);
+static_assert(!std::is_copy_constructible_v<xiio::Task<int>>);
+static_assert(!std::is_copy_constructible_v<xiio::Future<int>> &&
+              !std::is_move_constructible_v<xiio::Future<int>>);
+static_assert(!std::is_copy_constructible_v<xiio::Fd>);
+
 TEST_CASE("task doesn't start until awaited") {
     run([]() -> Task<void> {
         bool started = false;
@@ -383,5 +392,34 @@ TEST_CASE("a future destroyed while awaited fails its waiters with logic_error")
             f.reset();
         };
         co_await xiio::gather(waiter(), destroyer());
+    });
+}
+
+TEST_CASE("the documented forms that avoid g++ 12's co_await bugs work") {
+    run([]() -> Task<void> {
+        Pipe p;
+        co_await xiio::writeall(p.w, "x");
+        // A braced list inside co_await does not compile on g++ 12: build the value first.
+        xiio::Condition c{.files = {{p.r.get(), xiio::READ}}};
+        auto ready = co_await c;
+        CHECK(ready.size() == 1);
+        ready = co_await std::move(c);
+        CHECK(ready.size() == 1);
+        // A by-copy capturing lambda temporary inside co_await is destroyed twice on g++ 12:
+        // name it first.
+        auto text = std::make_shared<std::string>("copied");
+        auto body = [text]() -> Task<std::string> {
+            co_await xiio::yield();
+            co_return *text;
+        };
+        auto got = co_await xiio::timeout(1s, body);
+        CHECK(got == "copied");
+        auto group_body = [text](xiio::TaskGroup&) -> Task<std::size_t> {
+            co_await xiio::yield();
+            co_return text->size();
+        };
+        auto size = co_await xiio::task_group(group_body);
+        CHECK(size == 6);
+        CHECK(text.use_count() == 3); // the two named lambdas, no extra or missing copy
     });
 }

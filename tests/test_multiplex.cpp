@@ -78,17 +78,19 @@ TEST_CASE("added tasks start the next time the adding task suspends, not before"
 TEST_CASE("tasks may be added while the group runs, also from members") {
     run([]() -> Task<void> {
         std::string log;
+        // The member lambdas live outside the body: the body ends first, and a closure
+        // that dies before the tasks it made would leave them with dangling captures.
+        auto grandchild = [&]() -> Task<void> {
+            co_await xiio::sleep(10ms);
+            log += 'g';
+        };
+        auto child = [&](TaskGroup& tg) -> Task<void> {
+            co_await xiio::sleep(10ms);
+            log += 'c';
+            tg.add_task(grandchild());
+        };
         co_await xiio::task_group([&](TaskGroup& tg) -> Task<void> {
-            auto grandchild = [&]() -> Task<void> {
-                co_await xiio::sleep(10ms);
-                log += 'g';
-            };
-            auto child = [&]() -> Task<void> {
-                co_await xiio::sleep(10ms);
-                log += 'c';
-                tg.add_task(grandchild());
-            };
-            tg.add_task(child());
+            tg.add_task(child(tg));
             co_await xiio::sleep(5ms);
             log += 'b';
         });
