@@ -117,8 +117,15 @@ TEST_CASE("run inside a running loop throws logic_error") {
     });
 }
 
-TEST_CASE("run of an empty task throws logic_error") {
+TEST_CASE("run of an empty or already finished task throws logic_error") {
     CHECK_THROWS_AS(xiio::run(Task<int>()), std::logic_error);
+    auto t = value(1);
+    auto holder = [&]() -> Task<void> {
+        co_await t;
+        CHECK_THROWS_AS(xiio::run(std::move(t)), std::logic_error); // nested, too
+    };
+    xiio::run(holder());
+    CHECK_THROWS_AS(xiio::run(std::move(t)), std::logic_error);
 }
 
 TEST_CASE("run works on several threads at once, each with its own loop") {

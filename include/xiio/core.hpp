@@ -299,7 +299,7 @@ public:
             return false;
         Loop& loop = *w_.runner->loop;
         loop.suspend(*w_.runner, w_, h);
-        if (t_ <= Clock::now()) {
+        if (t_ == Clock::time_point::min() || t_ <= Clock::now()) { // yield(): no clock read
             loop.schedule(w_.runner);
         } else {
             w_.deadline = t_;

@@ -27,12 +27,14 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <utility>
 #include <vector>
 
 #include <pthread.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 namespace xiio {
@@ -159,7 +161,9 @@ public:
     EpollPoller& operator=(const EpollPoller&) = delete;
 
     int add(int fd, unsigned events, bool oneshot) override {
-        return ctl(EPOLL_CTL_ADD, fd, events, oneshot);
+        int err = ctl(EPOLL_CTL_ADD, fd, events, oneshot);
+        // Still registered for a file that was closed while a dup keeps it open: take over.
+        return err == EEXIST ? ctl(EPOLL_CTL_MOD, fd, events, oneshot) : err;
     }
     int modify(int fd, unsigned events, bool oneshot) override {
         int err = ctl(EPOLL_CTL_MOD, fd, events, oneshot);
@@ -221,6 +225,56 @@ inline std::unique_ptr<Poller> make_poller() {
     return f ? f() : std::make_unique<EpollPoller>();
 }
 
+/// Callbacks other threads hand to a loop (a thread pool's completions). The loop owns
+/// one while it lives; a poster keeps it alive through a shared_ptr, so a worker that
+/// finishes after the loop is gone finds it closed and drops its callback. Posting the
+/// first callback of a batch writes the eventfd that wakes the loop: no polling.
+class RemoteQueue {
+public:
+    RemoteQueue() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+        if (fd_ < 0)
+            throw_errno("eventfd");
+    }
+    ~RemoteQueue() { ::close(fd_); }
+    RemoteQueue(const RemoteQueue&) = delete;
+    RemoteQueue& operator=(const RemoteQueue&) = delete;
+
+    /// From any thread. False if the loop is gone (the callback was dropped).
+    bool post(std::function<void()> fn) {
+        std::unique_lock lock(mutex_);
+        if (closed_)
+            return false;
+        bool first = items_.empty();
+        items_.push_back(std::move(fn));
+        if (first) {
+            std::uint64_t one = 1;
+            // Fails only if the counter would overflow: it is then nonzero anyway.
+            [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
+        }
+        return true;
+    }
+    /// On the loop's thread: everything posted so far.
+    std::vector<std::function<void()>> take() {
+        std::uint64_t count;
+        [[maybe_unused]] auto n = ::read(fd_, &count, sizeof count);
+        std::unique_lock lock(mutex_);
+        return std::exchange(items_, {});
+    }
+    /// The loop is going away: later posts are dropped.
+    std::vector<std::function<void()>> close() {
+        std::unique_lock lock(mutex_);
+        closed_ = true;
+        return std::exchange(items_, {});
+    }
+    int fd() const noexcept { return fd_; }
+
+private:
+    int fd_;
+    std::mutex mutex_;
+    std::vector<std::function<void()>> items_;
+    bool closed_ = false;
+};
+
 /// The loop of this thread while run() drives one.
 inline Loop*& current_loop() noexcept {
     thread_local Loop* loop = nullptr;
@@ -233,6 +287,9 @@ public:
     Loop(const Loop&) = delete;
     Loop& operator=(const Loop&) = delete;
     ~Loop() {
+        if (remote_) {
+            auto dropped = remote_->close(); // destroyed here, on the loop's thread
+        }
         flush_graveyard();
         for (auto& e : fds_)
             if (e.owner)
@@ -415,9 +472,21 @@ public:
         }
     }
 
-    /// Extra wake-up sources that are not waits (a thread pool's eventfd): while any
-    /// exists, a loop in which every task waits for a future is not a deadlock.
+    /// Extra wake-up sources that are not waits (jobs running on other threads): while
+    /// any exists, a loop in which every task waits for a future is not a deadlock.
     void keepalive(int delta) noexcept { keepalive_ += delta; }
+
+    /// The queue through which other threads run callbacks on this loop's thread; its
+    /// eventfd is registered on first use.
+    std::shared_ptr<RemoteQueue> remote() {
+        if (!remote_) {
+            auto q = std::make_shared<RemoteQueue>();
+            if (int err = poller_->add(q->fd(), READ, false))
+                throw_errno("epoll_ctl", err);
+            remote_ = std::move(q);
+        }
+        return remote_;
+    }
 
     /// Destroys a finished frame once control is back in the loop: a frame cannot be
     /// destroyed from its own final_suspend without relying on what the compiler does
@@ -500,7 +569,12 @@ private:
             e.armed = want;
     }
 
-    void dispatch(const PollEvent& ev) noexcept {
+    void dispatch(const PollEvent& ev) noexcept { // remote callbacks must not throw
+        if (remote_ && ev.fd == remote_->fd()) {
+            for (auto& fn : remote_->take())
+                fn();
+            return;
+        }
         if (ev.fd < 0 || static_cast<std::size_t>(ev.fd) >= fds_.size())
             return;
         FdEntry& e = fds_[static_cast<std::size_t>(ev.fd)];
@@ -641,6 +715,7 @@ private:
     int keepalive_ = 0;
     Runner* runners_ = nullptr;
     std::vector<std::coroutine_handle<>> graveyard_;
+    std::shared_ptr<RemoteQueue> remote_;
 };
 
 inline Runner::Runner(Loop& l) noexcept : loop(&l) {

@@ -222,6 +222,8 @@ T run(Task<T> task) {
         throw std::logic_error("xiio::run: a loop is already running on this thread");
     if (!task)
         throw std::logic_error("xiio::run: empty Task");
+    if (task.handle().promise().runner_ || task.handle().promise().done_)
+        throw std::logic_error("xiio::run: the Task was already started");
     detail::Loop loop(detail::make_poller());
     detail::CurrentLoop current(loop);
     detail::SigpipeGuard sigpipe(loop);
