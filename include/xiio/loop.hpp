@@ -472,6 +472,67 @@ public:
         }
     }
 
+    // ---- the phases, for a host loop that drives xiio (xiio/asio.hpp) -------------------
+    //   while (!done) { run_ready(); wait as the host likes until next_deadline() or an fd
+    //   event; deliver(events); }
+
+    /// Runs the runners that are ready now (FIFO).
+    void run_ready() {
+        // Only the runners ready now: one that yields goes behind everything else and
+        // runs in the next iteration, after the poll, so it cannot starve I/O.
+        for (std::size_t n = ready_size_; n > 0 && ready_head_; --n) {
+            Runner* r = ready_head_;
+            ready_head_ = r->next_ready_;
+            if (!ready_head_)
+                ready_tail_ = nullptr;
+            --ready_size_;
+            r->queued_ = false;
+            r->wait_ = nullptr; // a yield's wait ends here
+            if (!r->started_) {
+                r->started_ = true;
+                if (r->pending_) {
+                    r->abandon(); // cancelled before it started: it never runs
+                    flush_graveyard();
+                    continue;
+                }
+            }
+            r->resume_.resume();
+            flush_graveyard();
+        }
+    }
+
+    /// When the next timer is due: min() if runners are ready, max() if nothing but fds
+    /// can wake a task. Reports a deadlock (nothing can ever wake a task) as a failure,
+    /// which makes runners ready.
+    Clock::time_point next_deadline() noexcept {
+        if (!ready_size_ && heap_.empty() && fd_waiters_ == 0 && keepalive_ == 0)
+            fail_all(std::make_exception_ptr(std::logic_error(
+                "xiio::run: deadlock: every task waits for a future or a group that "
+                "nothing can complete")));
+        if (ready_size_)
+            return Clock::time_point::min();
+        return heap_.empty() ? Clock::time_point::max() : heap_.front()->deadline;
+    }
+
+    /// Wakes the waiters of the fds reported ready, then fires the due timers.
+    void deliver(const std::vector<PollEvent>& events) noexcept {
+        for (const auto& ev : events)
+            dispatch(ev);
+        if (!heap_.empty()) {
+            auto now = Clock::now();
+            while (!heap_.empty() && heap_.front()->deadline <= now) {
+                Wait* w = heap_.front();
+                remove_timer(*w);
+                wake(*w);
+            }
+        }
+    }
+
+    /// The failure of a host's waiting step: thrown into every task, rethrown by run().
+    void fail(std::exception_ptr e) noexcept { fail_all(std::move(e)); }
+
+    Poller& poller() noexcept { return *poller_; }
+
     /// Extra wake-up sources that are not waits (jobs running on other threads): while
     /// any exists, a loop in which every task waits for a future is not a deadlock.
     void keepalive(int delta) noexcept { keepalive_ += delta; }
@@ -609,58 +670,15 @@ private:
         }
     }
 
-    void run_ready() {
-        // Only the runners ready now: one that yields goes behind everything else and
-        // runs in the next iteration, after the poll, so it cannot starve I/O.
-        for (std::size_t n = ready_size_; n > 0 && ready_head_; --n) {
-            Runner* r = ready_head_;
-            ready_head_ = r->next_ready_;
-            if (!ready_head_)
-                ready_tail_ = nullptr;
-            --ready_size_;
-            r->queued_ = false;
-            r->wait_ = nullptr; // a yield's wait ends here
-            if (!r->started_) {
-                r->started_ = true;
-                if (r->pending_) {
-                    r->abandon(); // cancelled before it started: it never runs
-                    flush_graveyard();
-                    continue;
-                }
-            }
-            r->resume_.resume();
-            flush_graveyard();
-        }
-    }
-
     void poll() {
-        Clock::time_point deadline;
-        if (ready_size_)
-            deadline = Clock::time_point::min();
-        else if (!heap_.empty())
-            deadline = heap_.front()->deadline;
-        else if (fd_waiters_ == 0 && keepalive_ == 0)
-            return fail_all(std::make_exception_ptr(std::logic_error(
-                "xiio::run: deadlock: every task waits for a future or a group that "
-                "nothing can complete")));
-        else
-            deadline = Clock::time_point::max();
+        Clock::time_point deadline = next_deadline();
         events_.clear();
         try {
             poller_->wait(deadline, events_);
         } catch (...) {
             return fail_all(std::current_exception());
         }
-        for (const auto& ev : events_)
-            dispatch(ev);
-        if (!heap_.empty()) {
-            auto now = Clock::now();
-            while (!heap_.empty() && heap_.front()->deadline <= now) {
-                Wait* w = heap_.front();
-                remove_timer(*w);
-                wake(*w);
-            }
-        }
+        deliver(events_);
     }
 
     /// The waiting step failed: throw the error into every task (at its current co_await,
