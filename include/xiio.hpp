@@ -7,6 +7,9 @@
 //   xiio/core.hpp     Condition, Future, sleep, sleep_until, yield
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
 //   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
+//   xiio/threads.hpp  ThreadPool, in_thread
+//   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
+//   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
@@ -15,4 +18,7 @@
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
 #include <xiio/multiplex.hpp>
+#include <xiio/process.hpp>
+#include <xiio/signals.hpp>
 #include <xiio/task.hpp>
+#include <xiio/threads.hpp>

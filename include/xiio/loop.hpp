@@ -235,7 +235,10 @@ public:
         if (fd_ < 0)
             throw_errno("eventfd");
     }
-    ~RemoteQueue() { ::close(fd_); }
+    ~RemoteQueue() {
+        if (fd_ >= 0)
+            ::close(fd_);
+    }
     RemoteQueue(const RemoteQueue&) = delete;
     RemoteQueue& operator=(const RemoteQueue&) = delete;
 
@@ -260,10 +263,12 @@ public:
         std::unique_lock lock(mutex_);
         return std::exchange(items_, {});
     }
-    /// The loop is going away: later posts are dropped.
+    /// The loop is going away: later posts are dropped, and the eventfd is closed now, on
+    /// the loop's thread (not by whichever worker drops the last reference, later).
     std::vector<std::function<void()>> close() {
         std::unique_lock lock(mutex_);
         closed_ = true;
+        ::close(std::exchange(fd_, -1));
         return std::exchange(items_, {});
     }
     int fd() const noexcept { return fd_; }

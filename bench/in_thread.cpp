@@ -1,0 +1,201 @@
+// W6 offload: n round trips of a trivial function to a worker thread and back, one after
+// the other (the latency of one offload, not the throughput of many).
+// xiio: co_await in_thread(f) in a task; raw: a std::thread with a mutex/condvar queue that
+// wakes the caller through an eventfd (what in_thread does, without coroutines); Asio:
+// co_await co_spawn(thread_pool, f, use_awaitable) from a coroutine on an io_context.
+// Prints ns per round trip (median, min-max of the runs) and the ratios.
+#include <xiio.hpp>
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#ifdef XIIO_BENCH_ASIO
+#include <asio.hpp>
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+long trivial(long i) {
+    return i + 1;
+}
+
+long expected_sum(long n) {
+    return n * (n + 1) / 2; // sum of trivial(i) for i in [0, n)
+}
+
+double ns_per_call(Clock::time_point start, long n) {
+    return std::chrono::duration<double, std::nano>(Clock::now() - start).count() /
+           static_cast<double>(n);
+}
+
+// ---- xiio --------------------------------------------------------------------------------
+
+double run_xiio(long n) {
+    long sum = 0;
+    auto start = Clock::now();
+    xiio::run([&]() -> xiio::Task<void> {
+        for (long i = 0; i < n; ++i) {
+            long r = co_await xiio::in_thread(trivial, i);
+            sum += r;
+        }
+    }());
+    double ns = ns_per_call(start, n);
+    if (sum != expected_sum(n))
+        throw std::runtime_error("xiio: wrong sum");
+    return ns;
+}
+
+// ---- raw: one worker thread, a locked queue, an eventfd back -----------------------------
+
+class RawWorker {
+public:
+    RawWorker() : efd_(::eventfd(0, EFD_CLOEXEC)), thread_([this] { work(); }) {}
+    ~RawWorker() {
+        {
+            std::lock_guard lock(m_);
+            stop_ = true;
+        }
+        cv_.notify_one();
+        thread_.join();
+        ::close(efd_);
+    }
+    /// Runs trivial(arg) on the worker; blocks in read(eventfd) until it is done.
+    long call(long arg) {
+        {
+            std::lock_guard lock(m_);
+            jobs_.push_back(arg);
+        }
+        cv_.notify_one();
+        std::uint64_t v;
+        if (::read(efd_, &v, sizeof v) != sizeof v)
+            throw std::runtime_error("raw: eventfd read failed");
+        std::lock_guard lock(m_);
+        return result_;
+    }
+
+private:
+    void work() {
+        std::unique_lock lock(m_);
+        for (;;) {
+            cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+            if (stop_)
+                return;
+            long arg = jobs_.front();
+            jobs_.pop_front();
+            lock.unlock();
+            long r = trivial(arg);
+            lock.lock();
+            result_ = r;
+            std::uint64_t one = 1;
+            if (::write(efd_, &one, sizeof one) != sizeof one)
+                std::abort();
+        }
+    }
+
+    int efd_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    std::deque<long> jobs_;
+    long result_ = 0;
+    bool stop_ = false;
+    std::thread thread_; // last: starts once the rest is built
+};
+
+double run_raw(long n) {
+    RawWorker w;
+    long sum = 0;
+    auto start = Clock::now();
+    for (long i = 0; i < n; ++i)
+        sum += w.call(i);
+    double ns = ns_per_call(start, n);
+    if (sum != expected_sum(n))
+        throw std::runtime_error("raw: wrong sum");
+    return ns;
+}
+
+// ---- Asio ----------------------------------------------------------------------------------
+
+#ifdef XIIO_BENCH_ASIO
+asio::awaitable<void> asio_loop(asio::thread_pool& pool, long n, long& sum) {
+    for (long i = 0; i < n; ++i) {
+        // Named: g++ 12 destroys a lambda temporary inside co_await twice.
+        auto job = [i]() -> asio::awaitable<long> { co_return trivial(i); };
+        sum += co_await asio::co_spawn(pool, job, asio::use_awaitable);
+    }
+}
+
+double run_asio(long n) {
+    asio::io_context ctx(1);
+    asio::thread_pool pool(xiio::ThreadPool::default_max_workers());
+    long sum = 0;
+    auto start = Clock::now();
+    asio::co_spawn(ctx, asio_loop(pool, n, sum), asio::detached);
+    ctx.run();
+    double ns = ns_per_call(start, n);
+    pool.join();
+    if (sum != expected_sum(n))
+        throw std::runtime_error("asio: wrong sum");
+    return ns;
+}
+#endif
+
+struct Stats {
+    double median, min, max;
+};
+
+template <class F>
+Stats measure(int runs, F f) {
+    std::vector<double> ns;
+    for (int i = 0; i < runs; ++i)
+        ns.push_back(f());
+    std::sort(ns.begin(), ns.end());
+    return {ns[ns.size() / 2], ns.front(), ns.back()};
+}
+
+void row(const char* name, const Stats& s, const Stats& raw, const Stats* xiio) {
+    fmt::print("  {:<6} {:>9.1f} ns ({:.1f}-{:.1f})   raw x{:.2f}", name, s.median, s.min, s.max,
+               s.median / raw.median);
+    if (xiio)
+        fmt::print("   xiio/this {:.2f}", xiio->median / s.median);
+    fmt::print("\n");
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    long n = 100'000;
+    int runs = 5;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--n"))
+            n = std::stol(argv[i + 1]);
+        else if (!std::strcmp(argv[i], "--runs"))
+            runs = std::stoi(argv[i + 1]);
+    }
+    fmt::print("W6 offload: {} sequential round trips of a trivial function to a worker thread,\n"
+               "median (min-max) of {} runs, per round trip\n",
+               n, runs);
+    run_xiio(std::min(n, 1000L)); // start the default pool's worker outside the timing
+    auto raw = measure(runs, [&] { return run_raw(n); });
+    auto x = measure(runs, [&] { return run_xiio(n); });
+    row("raw", raw, raw, nullptr);
+    row("xiio", x, raw, nullptr);
+#ifdef XIIO_BENCH_ASIO
+    auto a = measure(runs, [&] { return run_asio(n); });
+    row("asio", a, raw, &x);
+#endif
+}
