@@ -1,0 +1,297 @@
+// Tests of xiio/asio.hpp (the seed's test_compat, ported) and of hosting xiio on another
+// loop through the same seam (a poll(2) host written here).
+#include "helpers.hpp"
+
+#include <xiio/asio.hpp>
+
+#include <asio/experimental/awaitable_operators.hpp>
+
+#include <poll.h>
+
+using namespace test;
+using xiio::Task;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+/// Runs `body` (returning an asio::awaitable) to completion on a fresh io_context; rethrows
+/// what it threw; checks no fd leaked.
+template <class F>
+void asio_run(F body) {
+    LeakCheck leaks;
+    std::exception_ptr error;
+    {
+        asio::io_context ctx(1); // its epoll, eventfd and timerfd are closed with it
+        asio::co_spawn(ctx, body(), [&](std::exception_ptr e) { error = e; });
+        ctx.run();
+    }
+    leaks.check();
+    if (error)
+        std::rethrow_exception(error);
+}
+
+asio::awaitable<void> asio_sleep(Ms d) {
+    asio::steady_timer t(co_await asio::this_coro::executor, d);
+    co_await t.async_wait(asio::use_awaitable);
+}
+
+Task<int> xiio_sleep(Ms d, int v) {
+    co_await xiio::sleep(d);
+    co_return v;
+}
+
+} // namespace
+
+TEST_CASE("on_asio: sleep takes its duration and returns the value") {
+    assert_duration(100ms, [] {
+        asio_run([]() -> asio::awaitable<void> {
+            int v = co_await xiio::on_asio(xiio_sleep(100ms, 7));
+            CHECK(v == 7);
+        });
+    });
+}
+
+TEST_CASE("on_asio: Asio and xiio sleeping together take the longer, not the sum") {
+    assert_duration(100ms, [] {
+        asio_run([]() -> asio::awaitable<void> {
+            auto [a, b] = co_await (xiio::on_asio(xiio_sleep(100ms, 1)) &&
+                                    xiio::on_asio(xiio_sleep(100ms, 2)));
+            CHECK(a + b == 3);
+            co_await (asio_sleep(0ms) && xiio::on_asio(xiio::sleep(0ms)));
+        });
+    });
+    assert_duration(100ms, [] {
+        asio_run([]() -> asio::awaitable<void> {
+            co_await (asio_sleep(100ms) && xiio::on_asio(xiio::sleep(100ms)));
+        });
+    });
+}
+
+TEST_CASE("on_asio: cancelled by || with a timer, the xiio task cleans up first") {
+    bool cleaned = false;
+    assert_duration(100ms, [&] {
+        asio_run([&]() -> asio::awaitable<void> {
+            auto body = [&]() -> Task<int> {
+                std::exception_ptr error;
+                try {
+                    co_await xiio::sleep(500ms);
+                } catch (...) {
+                    error = std::current_exception();
+                }
+                co_await xiio::sleep(1ms); // cleanup may await
+                cleaned = true;
+                if (error)
+                    std::rethrow_exception(error);
+                co_return 1;
+            };
+            auto result = co_await (xiio::on_asio(body()) || asio_sleep(100ms));
+            CHECK(result.index() == 1); // the timer won
+        });
+    });
+    CHECK(cleaned);
+}
+
+TEST_CASE("on_asio: a cancelled task fails the Asio operation with operation_aborted") {
+    asio_run([]() -> asio::awaitable<void> {
+        asio::cancellation_signal signal;
+        auto ex = co_await asio::this_coro::executor;
+        std::exception_ptr error;
+        bool done = false;
+        asio::co_spawn(ex, xiio::on_asio(xiio::sleep(1s)),
+                       asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e) {
+                           error = e;
+                           done = true;
+                       }));
+        co_await asio_sleep(20ms);
+        signal.emit(asio::cancellation_type::terminal);
+        while (!done)
+            co_await asio_sleep(1ms);
+        REQUIRE(error);
+        try {
+            std::rethrow_exception(error);
+        } catch (const std::system_error& e) {
+            CHECK(e.code() == asio::error::operation_aborted);
+        }
+    });
+}
+
+TEST_CASE("on_asio: exceptions of the xiio task reach the Asio coroutine") {
+    CHECK_THROWS_WITH(asio_run([]() -> asio::awaitable<void> {
+                          co_await xiio::on_asio([]() -> Task<void> {
+                              co_await xiio::sleep(1ms);
+                              throw std::runtime_error("from xiio");
+                          }());
+                      }),
+                      "from xiio");
+}
+
+TEST_CASE("on_asio: read on a pipe written by an Asio handler") {
+    asio_run([]() -> asio::awaitable<void> {
+        Pipe p;
+        asio::posix::stream_descriptor w(co_await asio::this_coro::executor, ::dup(p.w.get()));
+        auto writer = [&]() -> asio::awaitable<void> {
+            co_await asio_sleep(20ms);
+            co_await asio::async_write(w, asio::buffer("from asio", 9), asio::use_awaitable);
+        };
+        auto data = co_await (xiio::on_asio(xiio::read(p.r, 100)) && writer()); // void drops out
+        CHECK(data == "from asio");
+    });
+}
+
+TEST_CASE("on_asio: write on a pipe read by an Asio handler") {
+    asio_run([]() -> asio::awaitable<void> {
+        Pipe p;
+        asio::posix::stream_descriptor r(co_await asio::this_coro::executor, ::dup(p.r.get()));
+        std::string big(1 << 20, 'x'); // more than a pipe holds: xiio must wait for Asio
+        std::string got(big.size(), '\0');
+        auto reader = [&]() -> asio::awaitable<void> {
+            co_await asio::async_read(r, asio::buffer(got), asio::use_awaitable);
+        };
+        co_await (xiio::on_asio(xiio::writeall(p.w, big)) && reader());
+        CHECK(got == big);
+    });
+}
+
+TEST_CASE("on_asio: an fd that Asio already watches keeps working") {
+    asio_run([]() -> asio::awaitable<void> {
+        Pipe p;
+        asio::posix::stream_descriptor r(co_await asio::this_coro::executor, ::dup(p.r.get()));
+        auto asio_waiter = [&]() -> asio::awaitable<void> {
+            co_await r.async_wait(asio::posix::stream_descriptor::wait_read, asio::use_awaitable);
+        };
+        auto writer = [&]() -> asio::awaitable<void> {
+            co_await asio_sleep(10ms);
+            REQUIRE(::write(p.w.get(), "x", 1) == 1);
+        };
+        co_await (xiio::on_asio(xiio::wait_readable(p.r.get())) && asio_waiter() && writer());
+    });
+}
+
+TEST_CASE("on_asio: a task group of 1000 sleepers") {
+    assert_duration(50ms, [] {
+        asio_run([]() -> asio::awaitable<void> {
+            auto many = []() -> Task<int> {
+                std::vector<Task<int>> ts;
+                for (int i = 0; i < 1000; ++i)
+                    ts.push_back(xiio_sleep(Ms(i % 50), 1));
+                auto values = co_await xiio::gather(std::move(ts));
+                co_return static_cast<int>(values.size());
+            };
+            int n = co_await xiio::on_asio(many());
+            CHECK(n == 1000);
+        });
+    });
+}
+
+TEST_CASE("on_asio: run() inside a hosted task throws logic_error") {
+    asio_run([]() -> asio::awaitable<void> {
+        co_await xiio::on_asio([]() -> Task<void> {
+            CHECK_THROWS_AS(xiio::run(xiio::sleep(1ms)), std::logic_error);
+            co_return;
+        }());
+    });
+}
+
+// ---- the seam is general: a host loop on poll(2) -----------------------------------------
+
+namespace {
+
+/// The interest the loop asks for, kept for a poll(2) call; what a host adapter does.
+class PollHost : public xiio::detail::Poller {
+public:
+    int add(int fd, unsigned events, bool oneshot) override {
+        if (::fcntl(fd, F_GETFD) < 0)
+            return errno;
+        interest_[fd] = {events, oneshot};
+        return 0;
+    }
+    int modify(int fd, unsigned events, bool oneshot) override { return add(fd, events, oneshot); }
+    void remove(int fd) noexcept override { interest_.erase(fd); }
+    void wait(xiio::Clock::time_point, std::vector<xiio::detail::PollEvent>&) override {
+        throw std::logic_error("hosted: the host waits");
+    }
+
+    /// The host's own waiting step.
+    void poll_once(xiio::Clock::time_point deadline, std::vector<xiio::detail::PollEvent>& out) {
+        std::vector<pollfd> fds;
+        for (auto& [fd, i] : interest_)
+            if (i.events)
+                fds.push_back({fd,
+                               static_cast<short>(((i.events & xiio::READ) ? POLLIN : 0) |
+                                                  ((i.events & xiio::WRITE) ? POLLOUT : 0)),
+                               0});
+        int timeout = -1;
+        auto now = xiio::Clock::now();
+        if (deadline <= now) // compare first: min() - now overflows
+            timeout = 0;
+        else if (deadline != xiio::Clock::time_point::max())
+            timeout = static_cast<int>(std::chrono::ceil<Ms>(deadline - now).count());
+        int n = ::poll(fds.data(), fds.size(), timeout);
+        if (n < 0)
+            throw std::system_error(errno, std::system_category(), "poll");
+        ++polls;
+        for (auto& p : fds) {
+            unsigned ev = ((p.revents & (POLLIN | POLLHUP | POLLERR)) ? xiio::READ : 0u) |
+                          ((p.revents & (POLLOUT | POLLHUP | POLLERR)) ? xiio::WRITE : 0u);
+            if (!ev)
+                continue;
+            out.push_back({p.fd, ev});
+            if (interest_[p.fd].oneshot)
+                interest_[p.fd].events = 0;
+        }
+    }
+    int polls = 0;
+
+private:
+    struct Interest {
+        unsigned events;
+        bool oneshot;
+    };
+    std::map<int, Interest> interest_;
+};
+
+/// A host loop: drives xiio's phases around its own poll(2).
+template <class T>
+T host_run(Task<T> task, int& polls) {
+    auto poller = std::make_unique<PollHost>();
+    PollHost* host = poller.get();
+    xiio::detail::Loop loop(std::move(poller));
+    xiio::detail::CurrentLoop current(loop);
+    xiio::detail::RootRunner root(loop);
+    auto h = task.handle();
+    h.promise().runner_ = &root;
+    root.resume_ = h;
+    loop.schedule(&root);
+    std::vector<xiio::detail::PollEvent> events;
+    for (;;) {
+        loop.run_ready();
+        if (root.done_)
+            break;
+        events.clear();
+        host->poll_once(loop.next_deadline(), events);
+        loop.deliver(events);
+    }
+    polls = host->polls;
+    return h.promise().take();
+}
+
+} // namespace
+
+TEST_CASE("the loop's seam is general: a poll(2) host loop runs xiio tasks") {
+    LeakCheck leaks;
+    int polls = 0;
+    assert_duration(50ms, [&] {
+        auto body = []() -> Task<std::string> {
+            Pipe p;
+            auto writer = [&]() -> Task<void> {
+                co_await xiio::sleep(50ms);
+                co_await xiio::writeall(p.w, "hosted");
+            };
+            auto [s, _] = co_await xiio::gather(xiio::read(p.r, 100), writer());
+            co_return s;
+        };
+        CHECK(host_run(body(), polls) == "hosted");
+    });
+    CHECK(polls >= 1);
+    leaks.check();
+}
