@@ -257,11 +257,7 @@ T host_run(Task<T> task, int& polls) {
     PollHost* host = poller.get();
     xiio::detail::Loop loop(std::move(poller));
     xiio::detail::CurrentLoop current(loop);
-    xiio::detail::RootRunner root(loop);
-    auto h = task.handle();
-    h.promise().runner_ = &root;
-    root.resume_ = h;
-    loop.schedule(&root);
+    xiio::detail::RootRunner<T> root(loop, std::move(task), "host_run");
     std::vector<xiio::detail::PollEvent> events;
     for (;;) {
         loop.run_ready();
@@ -272,7 +268,7 @@ T host_run(Task<T> task, int& polls) {
         loop.deliver(events);
     }
     polls = host->polls;
-    return h.promise().take();
+    return root.result();
 }
 
 } // namespace

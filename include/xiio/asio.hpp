@@ -216,16 +216,9 @@ private:
 template <class T>
 detail::net::awaitable<T> on_asio(Task<T> task) {
     namespace net = detail::net;
-    if (!task)
-        throw std::logic_error("xiio::on_asio: empty Task");
     auto state = std::make_shared<detail::AsioState>(co_await net::this_coro::executor);
     detail::Loop loop(std::make_unique<detail::AsioPoller>(state));
-    Task<T> root_task = std::move(task); // destroyed before the loop
-    detail::RootRunner root(loop);
-    auto h = root_task.handle();
-    h.promise().runner_ = &root;
-    root.resume_ = h;
-    loop.schedule(&root);
+    detail::RootRunner<T> root(loop, std::move(task), "xiio::on_asio");
     co_await detail::handle_cancellation_ourselves();
     bool cancelled = false;
     for (;;) {
@@ -254,9 +247,7 @@ detail::net::awaitable<T> on_asio(Task<T> task) {
     state->close();
     if (cancelled)
         throw detail::net_system_error(net::error::operation_aborted);
-    if (loop.failure_)
-        std::rethrow_exception(loop.failure_);
-    co_return h.promise().take();
+    co_return root.result();
 }
 
 /// on_asio() for a light awaitable (`on_asio(xiio::sleep(1s))`).

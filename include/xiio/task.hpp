@@ -16,6 +16,7 @@
 #include <exception>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -197,9 +198,29 @@ template <class A>
 using task_value_t = typename decltype(as_task(std::declval<A>()))::value_type;
 
 /// The root runner of run(): done when the task finished.
+/// The outermost runner of a loop (of run(), on_asio() or another host): takes `task`
+/// over (it must not have started; `who` names the caller in the error), binds its frame
+/// and queues it. Declared after the loop, so the frame dies before the loop does.
+template <class T>
 struct RootRunner final : Runner {
-    using Runner::Runner;
+    RootRunner(Loop& l, Task<T> task, const char* who) : Runner(l), task_(std::move(task)) {
+        if (!task_)
+            throw std::logic_error(std::string(who) + ": empty Task");
+        auto& p = task_.handle().promise();
+        if (p.runner_ || p.done_)
+            throw std::logic_error(std::string(who) + ": the Task was already started");
+        p.runner_ = this;
+        resume_ = task_.handle();
+        l.schedule(this);
+    }
     void finished() noexcept override { done_ = true; }
+    /// After done_: the task's value, or rethrows (the loop's failure first).
+    T result() {
+        if (loop->failure_)
+            std::rethrow_exception(loop->failure_);
+        return task_.handle().promise().take();
+    }
+    Task<T> task_;
     bool done_ = false;
 };
 
@@ -220,23 +241,12 @@ template <class T>
 T run(Task<T> task) {
     if (detail::current_loop())
         throw std::logic_error("xiio::run: a loop is already running on this thread");
-    if (!task)
-        throw std::logic_error("xiio::run: empty Task");
-    if (task.handle().promise().runner_ || task.handle().promise().done_)
-        throw std::logic_error("xiio::run: the Task was already started");
     detail::Loop loop(detail::make_poller());
     detail::CurrentLoop current(loop);
     detail::SigpipeGuard sigpipe(loop);
-    Task<T> root_task = std::move(task); // destroyed before the loop
-    detail::RootRunner root(loop);
-    auto h = root_task.handle();
-    h.promise().runner_ = &root;
-    root.resume_ = h;
-    loop.schedule(&root);
+    detail::RootRunner<T> root(loop, std::move(task), "xiio::run");
     loop.run_until(root.done_);
-    if (loop.failure_)
-        std::rethrow_exception(loop.failure_);
-    return h.promise().take();
+    return root.result();
 }
 
 /// run() for a light awaitable (`run(sleep(1s))`).
