@@ -4,6 +4,8 @@
 // wakes the caller through an eventfd (what in_thread does, without coroutines); Asio:
 // co_await co_spawn(thread_pool, f, use_awaitable) from a coroutine on an io_context.
 // Prints ns per round trip (median, min-max of the runs) and the ratios.
+#include "common.hpp"
+
 #include <xiio.hpp>
 
 #include <fmt/core.h>
@@ -154,48 +156,20 @@ double run_asio(long n) {
 }
 #endif
 
-struct Stats {
-    double median, min, max;
-};
-
-template <class F>
-Stats measure(int runs, F f) {
-    std::vector<double> ns;
-    for (int i = 0; i < runs; ++i)
-        ns.push_back(f());
-    std::sort(ns.begin(), ns.end());
-    return {ns[ns.size() / 2], ns.front(), ns.back()};
-}
-
-void row(const char* name, const Stats& s, const Stats& raw, const Stats* xiio) {
-    fmt::print("  {:<6} {:>9.1f} ns ({:.1f}-{:.1f})   raw x{:.2f}", name, s.median, s.min, s.max,
-               s.median / raw.median);
-    if (xiio)
-        fmt::print("   xiio/this {:.2f}", xiio->median / s.median);
-    fmt::print("\n");
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    long n = 100'000;
-    int runs = 5;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!std::strcmp(argv[i], "--n"))
-            n = std::stol(argv[i + 1]);
-        else if (!std::strcmp(argv[i], "--runs"))
-            runs = std::stoi(argv[i + 1]);
-    }
+    auto [n, runs] = bench::parse(argc, argv, 100'000);
     fmt::print("W6 offload: {} sequential round trips of a trivial function to a worker thread,\n"
                "median (min-max) of {} runs, per round trip\n",
                n, runs);
     run_xiio(std::min(n, 1000L)); // start the default pool's worker outside the timing
-    auto raw = measure(runs, [&] { return run_raw(n); });
-    auto x = measure(runs, [&] { return run_xiio(n); });
-    row("raw", raw, raw, nullptr);
-    row("xiio", x, raw, nullptr);
+    auto raw = bench::measure(runs, [&] { return run_raw(n); });
+    auto x = bench::measure(runs, [&] { return run_xiio(n); });
+    bench::row("raw", raw, raw, nullptr);
+    bench::row("xiio", x, raw, nullptr);
 #ifdef XIIO_BENCH_ASIO
-    auto a = measure(runs, [&] { return run_asio(n); });
-    row("asio", a, raw, &x);
+    auto a = bench::measure(runs, [&] { return run_asio(n); });
+    bench::row("asio", a, raw, &x);
 #endif
 }

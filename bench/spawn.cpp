@@ -1,6 +1,8 @@
 // W1 spawn: n children in one group, each returning at once (or yielding once first).
 // xiio: task_group + add_task; raw: queued callbacks; Asio: co_spawn + a counter.
 // Prints ns per child (median, min-max of the runs) and heap bytes per child.
+#include "common.hpp"
+
 #include <xiio.hpp>
 
 #include <fmt/core.h>
@@ -141,52 +143,29 @@ Result run_asio(long n, bool yield) {
 }
 #endif
 
-struct Stats {
-    double median, min, max, bytes;
-};
-
-template <class F>
-Stats measure(int runs, F f) {
-    std::vector<double> ns;
-    double bytes = 0;
-    for (int i = 0; i < runs; ++i) {
-        auto r = f();
-        ns.push_back(r.ns_per_child);
-        bytes = r.bytes_per_child;
-    }
-    std::sort(ns.begin(), ns.end());
-    return {ns[ns.size() / 2], ns.front(), ns.back(), bytes};
-}
-
-void row(const char* name, const Stats& s, const Stats& raw, const Stats* xiio) {
-    fmt::print("  {:<6} {:>8.1f} ns ({:.1f}-{:.1f})  {:>6.0f} B/child   raw x{:.2f}", name,
-               s.median, s.min, s.max, s.bytes, s.median / raw.median);
-    if (xiio)
-        fmt::print("   xiio/this {:.2f}", xiio->median / s.median);
-    fmt::print("\n");
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
-    long n = 1'000'000;
-    int runs = 5;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!std::strcmp(argv[i], "--n"))
-            n = std::stol(argv[i + 1]);
-        else if (!std::strcmp(argv[i], "--runs"))
-            runs = std::stoi(argv[i + 1]);
-    }
+    auto [n, runs] = bench::parse(argc, argv, 1'000'000);
     fmt::print("W1 spawn: {} children in one group, median (min-max) of {} runs\n", n, runs);
     for (bool yield : {false, true}) {
         fmt::print("{}\n", yield ? "each yields once, then returns" : "each returns at once");
-        auto raw = measure(runs, [&] { return run_raw(n, yield); });
-        auto x = measure(runs, [&] { return run_xiio(n, yield); });
-        row("raw", raw, raw, nullptr);
-        row("xiio", x, raw, nullptr);
+        // Each run reports ns per child; the heap bytes per child are the same every run.
+        double bytes[3] = {};
+        auto timed = [&](int i, auto run) {
+            return [&, i, run] {
+                Result r = run(n, yield);
+                bytes[i] = r.bytes_per_child;
+                return r.ns_per_child;
+            };
+        };
+        auto raw = bench::measure(runs, timed(0, run_raw));
+        auto x = bench::measure(runs, timed(1, run_xiio));
+        bench::row("raw", raw, raw, nullptr, fmt::format("{:>5.0f} B/child", bytes[0]));
+        bench::row("xiio", x, raw, nullptr, fmt::format("{:>5.0f} B/child", bytes[1]));
 #ifdef XIIO_BENCH_ASIO
-        auto a = measure(runs, [&] { return run_asio(n, yield); });
-        row("asio", a, raw, &x);
+        auto a = bench::measure(runs, timed(2, run_asio));
+        bench::row("asio", a, raw, &x, fmt::format("{:>5.0f} B/child", bytes[2]));
 #endif
     }
 }
