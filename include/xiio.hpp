@@ -2,7 +2,8 @@
 // xiio: a really simple coroutine runtime for Linux. This header is the table of contents.
 //
 //   xiio/errors.hpp   CancelledError, TimeoutError, IncompleteReadError
-//   xiio/loop.hpp     Clock, Events, Files; the loop and its Poller seam (detail)
+//   xiio/loop.hpp     Files; the loop (detail), with xiio/detail/poller.hpp (Clock, Events,
+//                     the Poller seam) and xiio/detail/remote_queue.hpp
 //   xiio/task.hpp     Task<T>, run()
 //   xiio/core.hpp     Condition, Future, sleep, sleep_until, yield
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall

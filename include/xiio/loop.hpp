@@ -14,6 +14,8 @@
 // - Cancellation and loop failures are exceptions "thrown in" to a Runner: into its Wait
 //   if it is suspended, else kept pending for its next co_await.
 
+#include <xiio/detail/poller.hpp>
+#include <xiio/detail/remote_queue.hpp>
 #include <xiio/errors.hpp>
 
 #include <algorithm>
@@ -27,22 +29,14 @@
 #include <limits>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <utility>
 #include <vector>
 
 #include <pthread.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 namespace xiio {
-
-using Clock = std::chrono::steady_clock;
-
-/// Readiness an fd can be waited for; unscoped so that READ | WRITE is a plain mask.
-enum Events : unsigned { READ = 1, WRITE = 2 };
 
 /// fd -> READ|WRITE mask.
 using Files = std::map<int, unsigned>;
@@ -129,155 +123,6 @@ struct Wait {
 struct FdState {
     Loop* loop = nullptr; // the loop holding the registration, cleared when it goes away
     bool nonblocking = false;
-};
-
-struct PollEvent {
-    int fd;
-    unsigned events; // READ|WRITE; errors and hang-ups report both
-};
-
-/// The waiting step: the seam between the loop and the OS. Epoll is the default; tests
-/// substitute a double to inject failures, and other loops (Asio) can host xiio through it.
-class Poller {
-public:
-    virtual ~Poller() = default;
-    /// Interest changes; return 0 or an errno (EPERM: this fd cannot be watched).
-    virtual int add(int fd, unsigned events, bool oneshot) = 0;
-    virtual int modify(int fd, unsigned events, bool oneshot) = 0;
-    virtual void remove(int fd) noexcept = 0;
-    /// Blocks until an fd is ready or `deadline` passes (min(): do not block, max(): no
-    /// deadline) and appends what is ready to `ready`. Throws on failure.
-    virtual void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) = 0;
-};
-
-class EpollPoller : public Poller {
-public:
-    EpollPoller() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
-        if (fd_ < 0)
-            throw_errno("epoll_create1");
-    }
-    ~EpollPoller() override { ::close(fd_); }
-    EpollPoller(const EpollPoller&) = delete;
-    EpollPoller& operator=(const EpollPoller&) = delete;
-
-    int add(int fd, unsigned events, bool oneshot) override {
-        int err = ctl(EPOLL_CTL_ADD, fd, events, oneshot);
-        // Still registered for a file that was closed while a dup keeps it open: take over.
-        return err == EEXIST ? ctl(EPOLL_CTL_MOD, fd, events, oneshot) : err;
-    }
-    int modify(int fd, unsigned events, bool oneshot) override {
-        int err = ctl(EPOLL_CTL_MOD, fd, events, oneshot);
-        // The fd was closed and its number reused: epoll dropped the old file silently.
-        return err == ENOENT ? ctl(EPOLL_CTL_ADD, fd, events, oneshot) : err;
-    }
-    void remove(int fd) noexcept override { ::epoll_ctl(fd_, EPOLL_CTL_DEL, fd, nullptr); }
-
-    void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) override {
-        epoll_event events[256];
-        int n;
-        do { // on EINTR, wait again for what is left: a signal storm must not extend it
-            timespec ts{};
-            timespec* timeout = nullptr;
-            if (deadline != Clock::time_point::max()) {
-                auto now = Clock::now();
-                // Rounded up: waking a nanosecond early would only cost another wait.
-                auto ns = deadline > now
-                              ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now).count()
-                              : 0;
-                ts = {static_cast<time_t>(ns / 1'000'000'000),
-                      static_cast<long>(ns % 1'000'000'000)};
-                timeout = &ts;
-            }
-            n = ::epoll_pwait2(fd_, events, 256, timeout, nullptr);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0)
-            throw_errno("epoll_pwait2");
-        for (int i = 0; i < n; ++i) {
-            unsigned e = events[i].events;
-            unsigned r = 0;
-            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                r |= READ;
-            if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                r |= WRITE;
-            ready.push_back({events[i].data.fd, r});
-        }
-    }
-
-private:
-    int ctl(int op, int fd, unsigned events, bool oneshot) noexcept {
-        epoll_event ev{};
-        ev.events = ((events & READ) ? EPOLLIN | EPOLLRDHUP : 0u) |
-                    ((events & WRITE) ? EPOLLOUT : 0u) | (oneshot ? EPOLLONESHOT : 0u);
-        ev.data.fd = fd;
-        return ::epoll_ctl(fd_, op, fd, &ev) == 0 ? 0 : errno;
-    }
-    int fd_;
-};
-
-/// Makes the Poller of each new loop; tests replace it to inject failures.
-using PollerFactory = std::function<std::unique_ptr<Poller>()>;
-inline PollerFactory& poller_factory() {
-    thread_local PollerFactory factory;
-    return factory;
-}
-inline std::unique_ptr<Poller> make_poller() {
-    auto& f = poller_factory();
-    return f ? f() : std::make_unique<EpollPoller>();
-}
-
-/// Callbacks other threads hand to a loop (a thread pool's completions). The loop owns
-/// one while it lives; a poster keeps it alive through a shared_ptr, so a worker that
-/// finishes after the loop is gone finds it closed and drops its callback. Posting the
-/// first callback of a batch writes the eventfd that wakes the loop: no polling.
-class RemoteQueue {
-public:
-    RemoteQueue() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-        if (fd_ < 0)
-            throw_errno("eventfd");
-    }
-    ~RemoteQueue() {
-        if (fd_ >= 0)
-            ::close(fd_);
-    }
-    RemoteQueue(const RemoteQueue&) = delete;
-    RemoteQueue& operator=(const RemoteQueue&) = delete;
-
-    /// From any thread. False if the loop is gone (the callback was dropped).
-    bool post(std::function<void()> fn) {
-        std::unique_lock lock(mutex_);
-        if (closed_)
-            return false;
-        bool first = items_.empty();
-        items_.push_back(std::move(fn));
-        if (first) {
-            std::uint64_t one = 1;
-            // Fails only if the counter would overflow: it is then nonzero anyway.
-            [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
-        }
-        return true;
-    }
-    /// On the loop's thread: everything posted so far.
-    std::vector<std::function<void()>> take() {
-        std::uint64_t count;
-        [[maybe_unused]] auto n = ::read(fd_, &count, sizeof count);
-        std::unique_lock lock(mutex_);
-        return std::exchange(items_, {});
-    }
-    /// The loop is going away: later posts are dropped, and the eventfd is closed now, on
-    /// the loop's thread (not by whichever worker drops the last reference, later).
-    std::vector<std::function<void()>> close() {
-        std::unique_lock lock(mutex_);
-        closed_ = true;
-        ::close(std::exchange(fd_, -1));
-        return std::exchange(items_, {});
-    }
-    int fd() const noexcept { return fd_; }
-
-private:
-    int fd_;
-    std::mutex mutex_;
-    std::vector<std::function<void()>> items_;
-    bool closed_ = false;
 };
 
 /// The loop of this thread while run() drives one.
