@@ -173,7 +173,7 @@ TEST_CASE("on_asio: a task group of 1000 sleepers") {
             auto many = []() -> Task<int> {
                 std::vector<Task<int>> ts;
                 for (int i = 0; i < 1000; ++i)
-                    ts.push_back(xiio_sleep(Ms(i % 50), 1));
+                    ts.push_back(xiio_sleep(Ms(1 + i % 50), 1)); // the longest: 50 ms
                 auto values = co_await xiio::gather(std::move(ts));
                 co_return static_cast<int>(values.size());
             };
