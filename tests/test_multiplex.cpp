@@ -647,3 +647,16 @@ TEST_CASE("the deadline of a timeout is exact: no drift from re-arming") {
         },
         50ms);
 }
+
+TEST_CASE("misuse of a group throws logic_error: no loop, an empty task") {
+    CHECK_THROWS_AS(TaskGroup(), std::logic_error); // no loop runs on this thread
+    run([]() -> Task<void> {
+        co_await xiio::task_group([](TaskGroup& tg) -> Task<void> {
+            CHECK_THROWS_AS(tg.add_task(Task<int>()), std::logic_error);
+            auto t = delayed(1, 0ms);
+            tg.add_task(std::move(t));
+            CHECK_THROWS_AS(tg.add_task(std::move(t)), std::logic_error); // moved from
+            co_return;
+        });
+    });
+}
