@@ -216,3 +216,24 @@ TEST_CASE("other tasks run while a child runs") {
         CHECK(ticks == 5);
     });
 }
+
+// The seed's test_subprocess, ported.
+
+TEST_CASE("run_process waits for the child and captures its output (seed)") {
+    assert_duration(100ms, [] {
+        auto r = sh("sleep 0.1 && echo 'Hello World'", capture());
+        CHECK(r.returncode == 0);
+        CHECK(r.out == "Hello World\n");
+    });
+}
+
+TEST_CASE("check passes for true and throws CalledProcessError for false (seed)") {
+    run([]() -> Task<void> {
+        ProcessOptions opts;
+        opts.check = true;
+        Cmd ok{"true"}, fails{"false"};
+        auto r = co_await xiio::run_process(ok, opts);
+        CHECK(r.returncode == 0);
+        CHECK_THROWS_AS(co_await xiio::run_process(fails, opts), xiio::CalledProcessError);
+    });
+}

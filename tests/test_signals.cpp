@@ -296,3 +296,37 @@ TEST_CASE("a subscription without SIGPIPE leaves the loop's SIGPIPE block alone"
     }());
     CHECK(same_mask(current_mask(), before));
 }
+
+TEST_CASE("a signal sent to the process is reported while other tasks run (seed)") {
+    assert_duration(100ms, [] {
+        run([]() -> Task<void> {
+            auto sub = xiio::subscribe_signals({SIGUSR1});
+            auto send = []() -> Task<void> {
+                co_await xiio::sleep(100ms);
+                ::kill(::getpid(), SIGUSR1);
+            };
+            auto [sig, _] = co_await xiio::gather(sub.next(), send());
+            CHECK(sig == SIGUSR1);
+        });
+    });
+}
+
+TEST_CASE("two subscriptions to different signals coexist and restore the mask in reverse") {
+    sigset_t before, after;
+    pthread_sigmask(SIG_SETMASK, nullptr, &before);
+    run([]() -> Task<void> {
+        auto one = xiio::subscribe_signals({SIGUSR1});
+        auto two = xiio::subscribe_signals({SIGUSR2});
+        ::pthread_kill(::pthread_self(), SIGUSR2);
+        ::pthread_kill(::pthread_self(), SIGUSR1);
+        int a = co_await one.next();
+        int b = co_await two.next();
+        CHECK(a == SIGUSR1);
+        CHECK(b == SIGUSR2);
+        two = xiio::SignalSubscription(); // younger first
+        one = xiio::SignalSubscription();
+    });
+    pthread_sigmask(SIG_SETMASK, nullptr, &after);
+    for (int sig : {SIGUSR1, SIGUSR2, SIGPIPE, SIGINT})
+        CHECK(sigismember(&before, sig) == sigismember(&after, sig));
+}
