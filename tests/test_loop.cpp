@@ -26,8 +26,10 @@ public:
         return real_.add(fd, events, oneshot);
     }
     int modify(int fd, unsigned events, bool oneshot) override {
+        ++modified;
         return real_.modify(fd, events, oneshot);
     }
+    int modified = 0;
     void remove(int fd) noexcept override { real_.remove(fd); }
     void wait(xiio::Clock::time_point deadline,
               std::vector<xiio::detail::PollEvent>& ready) override {
@@ -136,6 +138,7 @@ TEST_CASE("an owned Fd costs no epoll_ctl per wait") {
             co_await xiio::gather(xiio::read(p.r, 1), writer());
         }
         CHECK(use.poller->added.size() == 1); // the reader's registration, added once
+        CHECK(use.poller->modified == 0);     // and never changed
     });
 }
 

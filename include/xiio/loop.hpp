@@ -451,6 +451,13 @@ private:
         return w;
     }
 
+    static unsigned attached_events(const FdEntry& e) noexcept {
+        unsigned w = 0;
+        for (FdNode* n = e.head; n; n = n->next)
+            w |= n->events;
+        return w;
+    }
+
     void unlink(FdEntry& e, FdNode& n) noexcept {
         (n.prev ? n.prev->next : e.head) = n.next;
         if (n.next)
@@ -514,7 +521,10 @@ private:
             poller_->remove(ev.fd);
             e.registered = false;
             e.armed = 0;
-        } else if (unsigned want = wanted(e); ev.events & ~want & e.armed) {
+        } else if (unsigned want = attached_events(e); ev.events & ~want & e.armed) {
+            // Narrow to what attached waiters want, including those this very event woke
+            // (they detach when they resume): a lone reader woken here must not cost a
+            // MOD now and another when it waits again.
             if (poller_->modify(ev.fd, want, false) == 0)
                 e.armed = want;
         }
