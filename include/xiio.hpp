@@ -11,6 +11,8 @@
 //   xiio/threads.hpp  ThreadPool, in_thread
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
+//   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
+//   xiio/net.hpp      Socket, Listener, connect_tcp, connect_unix
 //
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
@@ -19,7 +21,9 @@
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
 #include <xiio/multiplex.hpp>
+#include <xiio/net.hpp>
 #include <xiio/process.hpp>
 #include <xiio/signals.hpp>
+#include <xiio/sync.hpp>
 #include <xiio/task.hpp>
 #include <xiio/threads.hpp>

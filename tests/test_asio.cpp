@@ -6,6 +6,8 @@
 
 #include <asio/experimental/awaitable_operators.hpp>
 
+#include <array>
+
 #include <poll.h>
 
 using namespace test;
@@ -290,4 +292,29 @@ TEST_CASE("the loop's seam is general: a poll(2) host loop runs xiio tasks") {
     });
     CHECK(polls >= 1);
     leaks.check();
+}
+
+TEST_CASE("on_asio: sync waits and socket operations can be run on Asio") {
+    asio_run([]() -> asio::awaitable<void> {
+        xiio::Event e;
+        e.set();
+        co_await xiio::on_asio(e.wait());
+        xiio::Semaphore sem(1);
+        co_await xiio::on_asio(sem.acquire());
+        CHECK(sem.available() == 0);
+        xiio::Lock lock;
+        auto guard = co_await xiio::on_asio(lock.lock());
+        CHECK(guard.owns_lock());
+        xiio::Queue<int> q(1);
+        co_await xiio::on_asio(q.put(3));
+        auto v = co_await xiio::on_asio(q.get());
+        CHECK(v == 3);
+        auto l = xiio::Listener::tcp("127.0.0.1", 0);
+        auto c = co_await xiio::on_asio(xiio::connect_tcp("127.0.0.1", l.port()));
+        auto s = co_await xiio::on_asio(l.accept());
+        co_await xiio::on_asio(c.send_all("hi"));
+        std::array<char, 4> buf{};
+        auto n = co_await xiio::on_asio(s.recv(buf));
+        CHECK(std::string_view(buf.data(), n) == "hi");
+    });
 }

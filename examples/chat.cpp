@@ -1,0 +1,82 @@
+// A line-based chat server: every line a client sends goes to all the other clients.
+// Each client has an outbox (a Queue<std::string>) drained by its own writer task; a
+// sender waits only while the outbox of a lagging client is full.
+//
+//   ./chat --port 7001      then connect with several `nc 127.0.0.1 7001`
+#include <xiio.hpp>
+
+#include <fmt/core.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <string>
+
+using Outbox = xiio::Queue<std::string>;
+using Room = std::set<std::shared_ptr<Outbox>>;
+
+// Membership of the room for as long as a client is connected (however it ends).
+struct Member {
+    Room& room;
+    std::shared_ptr<Outbox> outbox = std::make_shared<Outbox>(64);
+    explicit Member(Room& r) : room(r) { room.insert(outbox); }
+    ~Member() {
+        room.erase(outbox);
+        outbox->close(); // senders waiting on it get ClosedError
+    }
+};
+
+// Sends what the client's outbox holds until the outbox is closed.
+xiio::Task<void> writer(xiio::Socket& s, Outbox& outbox) {
+    while (auto line = co_await outbox.get())
+        co_await s.send_all(*line);
+}
+
+xiio::Task<void> client(xiio::Socket s, Room& room, int id) {
+    Member me(room);
+    co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
+        tg.add_task(writer(s, *me.outbox));
+        std::string pending;
+        char buf[4096];
+        while (std::size_t n = co_await s.recv(std::span<char>(buf, sizeof buf))) {
+            pending.append(buf, n);
+            for (std::size_t eol; (eol = pending.find('\n')) != std::string::npos;) {
+                auto line = fmt::format("[{}] {}", id, pending.substr(0, eol + 1));
+                pending.erase(0, eol + 1);
+                Room others = room; // a snapshot: members may leave while we wait
+                others.erase(me.outbox);
+                for (const auto& other : others) {
+                    try {
+                        co_await other->put(line); // waits while that client lags
+                    } catch (const xiio::ClosedError&) {
+                    } // that client left
+                }
+            }
+        }
+        me.outbox->close(); // the writer drains it, then ends
+    });
+}
+
+xiio::Task<void> serve(std::uint16_t port) {
+    auto listener = xiio::Listener::tcp("127.0.0.1", port);
+    fmt::print("chat on port {}\n", listener.port());
+    std::fflush(stdout);
+    Room room;
+    co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
+        for (int id = 1;; ++id)
+            tg.add_task(client(co_await listener.accept(), room, id));
+    });
+}
+
+int main(int argc, char** argv) {
+    std::uint16_t port = 0;
+    if (argc == 3 && std::strcmp(argv[1], "--port") == 0)
+        port = static_cast<std::uint16_t>(std::atoi(argv[2]));
+    try {
+        xiio::run(serve(port));
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "chat: {}\n", e.what());
+        return 1;
+    }
+}
