@@ -2,6 +2,8 @@
 // does R request/responses of 64 bytes (send, then read the 64-byte echo) and checks every
 // echo. xiio (Listener/Socket) vs Asio (co_spawn + use_awaitable) in the same run.
 // Prints requests/s (median, min-max of the runs) and the ratio.
+#include "common.hpp"
+
 #include <xiio.hpp>
 
 #include <fmt/core.h>
@@ -132,23 +134,6 @@ double run_asio(int clients, int requests) {
 }
 #endif
 
-struct Stats {
-    double median, min, max;
-};
-
-template <class F>
-Stats measure(int runs, F f) {
-    std::vector<double> v;
-    for (int i = 0; i < runs; ++i)
-        v.push_back(f());
-    std::sort(v.begin(), v.end());
-    return {v[v.size() / 2], v.front(), v.back()};
-}
-
-void row(const char* name, const Stats& s) {
-    fmt::print("  {:<5} {:>10.0f} requests/s ({:.0f}-{:.0f})\n", name, s.median, s.min, s.max);
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -164,11 +149,12 @@ int main(int argc, char** argv) {
     fmt::print("W4 echo: {} clients x {} requests of {} bytes on 127.0.0.1, one loop, "
                "median (min-max) of {} runs\n",
                clients, requests, msg_size, runs);
-    auto x = measure(runs, [&] { return run_xiio(clients, requests); });
-    row("xiio", x);
+    // No raw epoll baseline here yet (issue 6): requests/s of xiio and Asio, and their ratio.
+    auto rps = [](const bench::Stats& ns) { return 1e9 / ns.median; };
+    auto x = bench::measure(runs, [&] { return 1e9 / run_xiio(clients, requests); });
+    fmt::print("  xiio {:>10.0f} requests/s\n", rps(x));
 #ifdef XIIO_BENCH_ASIO
-    auto a = measure(runs, [&] { return run_asio(clients, requests); });
-    row("asio", a);
-    fmt::print("  xiio/asio {:.2f}\n", x.median / a.median);
+    auto a = bench::measure(runs, [&] { return 1e9 / run_asio(clients, requests); });
+    fmt::print("  asio {:>10.0f} requests/s\n  xiio/asio {:.2f}\n", rps(a), rps(x) / rps(a));
 #endif
 }
