@@ -378,11 +378,6 @@ public:
         }
     }
 
-    /// The failure of a host's waiting step: thrown into every task, rethrown by run().
-    void fail(std::exception_ptr e) noexcept { fail_all(std::move(e)); }
-
-    Poller& poller() noexcept { return *poller_; }
-
     /// Extra wake-up sources that are not waits (jobs running on other threads): while
     /// any exists, a loop in which every task waits for a future is not a deadlock.
     void keepalive(int delta) noexcept { keepalive_ += delta; }
