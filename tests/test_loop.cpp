@@ -300,3 +300,48 @@ TEST_CASE("awaiting a leaf allocates nothing: read, write, sleep, yield, future"
         CHECK(allocations - before == 0);
     });
 }
+
+// ---- leak accounting (xiio/detail/accounting.hpp; every test case ends by checking it) --
+
+TEST_CASE("leak accounting counts frames, runners, registrations and timers while they live") {
+    using xiio::detail::live_counts;
+    auto before = live_counts();
+    test::Pipe p;
+    xiio::detail::LiveCounts sleeping, reading;
+    // Named: the members' frames refer to these closures until they finish.
+    auto reader = [&]() -> xiio::Task<void> {
+        char c;
+        co_await xiio::read(p.r, std::span<char>(&c, 1));
+    };
+    auto writer = [&]() -> xiio::Task<void> {
+        co_await xiio::sleep(10ms);
+        reading = live_counts(); // the reader waits, this one runs
+        co_await xiio::write(p.w, std::string_view("x"));
+    };
+    test::run([&]() -> xiio::Task<void> {
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
+            tg.add_task(reader());
+            tg.add_task(writer());
+            co_await xiio::yield();
+            sleeping = live_counts();
+        });
+    });
+    INFO("runners " << sleeping.runners - before.runners << ", frames "
+                    << sleeping.frames - before.frames);
+    CHECK(sleeping.runners - before.runners == 4); // run()'s root, the body, two members
+    CHECK(sleeping.frames - before.frames == 5);   // those + task_group's frame
+    CHECK(sleeping.timers - before.timers == 1);
+    CHECK(sleeping.registrations - before.registrations == 1);
+    CHECK(reading.timers - before.timers == 0);
+    CHECK(reading.registrations - before.registrations == 1);
+    CHECK(live_counts() == before);
+}
+
+TEST_CASE("a leaking test case is reported", "[.][leak-demo]") {
+    // Run only by the CTest test "leak check: ..." (tests/CMakeLists.txt), which expects
+    // the listener in main.cpp to report it and fail.
+    static xiio::Task<void> kept;
+    kept = []() -> xiio::Task<void> { co_return; }();
+    static int fd = ::dup(0);
+    (void)fd;
+}

@@ -9,6 +9,7 @@
 // Errors: std::system_error naming the failing call ("read: Broken pipe").
 
 #include <xiio/core.hpp>
+#include <xiio/detail/sys.hpp>
 
 #include <climits>
 #include <cstddef>
@@ -239,7 +240,7 @@ protected:
 class ReadOp : public FdOp<ReadOp, std::size_t, READ> {
 public:
     ReadOp(FdRef fd, MutableBytes buf) noexcept : FdOp(fd), buf_(buf) {}
-    ssize_t call() noexcept { return ::read(ref_.fd, buf_.data, buf_.size); }
+    ssize_t call() noexcept { return sys::read(ref_.fd, buf_.data, buf_.size); }
     std::size_t await_resume() { return finish("read"); }
 
 private:
@@ -253,7 +254,7 @@ public:
     ssize_t call() noexcept {
         if (buf_.size() != max_)
             buf_.resize(max_);
-        return ::read(ref_.fd, buf_.data(), buf_.size());
+        return sys::read(ref_.fd, buf_.data(), buf_.size());
     }
     std::string await_resume() {
         buf_.resize(finish("read"));
@@ -271,7 +272,7 @@ public:
     ssize_t call() noexcept {
         // A ready blocking pipe takes PIPE_BUF bytes without blocking, not necessarily more.
         std::size_t n = blocking_ ? std::min<std::size_t>(data_.size, PIPE_BUF) : data_.size;
-        return ::write(ref_.fd, data_.data, n);
+        return sys::write(ref_.fd, data_.data, n);
     }
     std::size_t await_resume() { return finish("write"); }
 

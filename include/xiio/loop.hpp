@@ -14,6 +14,7 @@
 // - Cancellation and loop failures are exceptions "thrown in" to a Runner: into its Wait
 //   if it is suspended, else kept pending for its next co_await.
 
+#include <xiio/detail/accounting.hpp>
 #include <xiio/detail/poller.hpp>
 #include <xiio/detail/remote_queue.hpp>
 #include <xiio/errors.hpp>
@@ -51,7 +52,10 @@ struct Runner {
     explicit Runner(Loop& l) noexcept;
     Runner(const Runner&) = delete;
     Runner& operator=(const Runner&) = delete;
-    virtual ~Runner() { retire(); }
+    virtual ~Runner() {
+        retire();
+        count(Counter::runners, -1);
+    }
     /// Called once the outermost frame reached its final suspend point (from inside it:
     /// the frame must not be destroyed here, see Loop::bury).
     virtual void finished() noexcept {}
@@ -139,11 +143,17 @@ public:
     ~Loop() {
         if (remote_) {
             auto dropped = remote_->close(); // destroyed here, on the loop's thread
+            count(Counter::registrations, -1);
         }
         flush_graveyard();
-        for (auto& e : fds_)
+        for (auto& e : fds_) {
+            // An Fd that outlives the loop loses its registration with the epoll fd; one
+            // that still has waiters, or a transient one, stays counted: that is a leak.
+            if (e.registered && e.owner && !e.head)
+                count(Counter::registrations, -1);
             if (e.owner)
                 e.owner->loop = nullptr;
+        }
     }
 
     // ---- scheduling ----------------------------------------------------------------
@@ -211,9 +221,11 @@ public:
         w.heap_index = heap_.size();
         heap_.push_back(&w);
         sift_up(w.heap_index);
+        count(Counter::timers, 1);
     }
 
     void remove_timer(Wait& w) noexcept {
+        count(Counter::timers, -1);
         std::size_t i = w.heap_index;
         w.heap_index = Wait::npos;
         Wait* last = heap_.back();
@@ -260,6 +272,7 @@ public:
                 if (err)
                     throw_errno("epoll_ctl", err);
                 e.registered = true;
+                count(Counter::registrations, 1);
                 e.armed = want;
             } else if (convert || (e.owner ? (want & ~e.armed) != 0 : want != e.armed)) {
                 unsigned arm = e.owner ? (e.armed | want) : want;
@@ -289,8 +302,10 @@ public:
                     std::system_error(EBADF, std::system_category(), "close"));
             wake(*n->wait);
         }
-        if (e.registered)
+        if (e.registered) {
             poller_->remove(fd);
+            count(Counter::registrations, -1);
+        }
         if (e.owner)
             e.owner->loop = nullptr;
         e = FdEntry{};
@@ -389,6 +404,7 @@ public:
             auto q = std::make_shared<RemoteQueue>();
             if (int err = poller_->add(q->fd(), READ, false))
                 throw_errno("epoll_ctl", err);
+            count(Counter::registrations, 1);
             remote_ = std::move(q);
         }
         return remote_;
@@ -471,6 +487,7 @@ private:
             poller_->remove(n.fd);
             e.registered = false;
             e.armed = 0;
+            count(Counter::registrations, -1);
         } else {
             rearm(n.fd, e);
         }
@@ -516,6 +533,7 @@ private:
             poller_->remove(ev.fd);
             e.registered = false;
             e.armed = 0;
+            count(Counter::registrations, -1);
         } else if (unsigned want = attached_events(e); ev.events & ~want & e.armed) {
             // Narrow to what attached waiters want, including those this very event woke
             // (they detach when they resume): a lone reader woken here must not cost a
@@ -592,6 +610,7 @@ private:
 };
 
 inline Runner::Runner(Loop& l) noexcept : loop(&l) {
+    count(Counter::runners, 1);
     l.link(*this);
 }
 inline void Runner::retire() noexcept {

@@ -13,6 +13,7 @@
 // starts with the call's name; connect and bind errors name the address
 // ("connect 127.0.0.1:1234: Connection refused").
 
+#include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 
 #include <cstddef>
@@ -95,7 +96,7 @@ inline SockAddr unix_address(const std::string& path) {
 
 /// A new non-blocking, close-on-exec stream socket, owned.
 inline Fd stream_socket(int family) {
-    int s = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int s = sys::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s < 0)
         throw_errno("socket");
     Fd fd(s);
@@ -111,7 +112,7 @@ inline void set_nodelay(int fd) noexcept {
 class RecvOp : public FdOp<RecvOp, std::size_t, READ> {
 public:
     RecvOp(const Fd& fd, std::span<char> buf) noexcept : FdOp(fd), buf_(buf) {}
-    ssize_t call() noexcept { return ::recv(ref_.fd, buf_.data(), buf_.size(), 0); }
+    ssize_t call() noexcept { return sys::recv(ref_.fd, buf_.data(), buf_.size(), 0); }
     std::size_t await_resume() { return finish("recv"); }
 
 private:
@@ -121,7 +122,7 @@ private:
 class SendOp : public FdOp<SendOp, std::size_t, WRITE> {
 public:
     SendOp(const Fd& fd, std::string_view data) noexcept : FdOp(fd), data_(data) {}
-    ssize_t call() noexcept { return ::send(ref_.fd, data_.data(), data_.size(), MSG_NOSIGNAL); }
+    ssize_t call() noexcept { return sys::send(ref_.fd, data_.data(), data_.size(), MSG_NOSIGNAL); }
     std::size_t await_resume() { return finish("send"); }
 
 private:
@@ -176,7 +177,7 @@ public:
             ::close(accepted_);
     }
     ssize_t call() noexcept {
-        int s = ::accept4(ref_.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int s = sys::accept4(ref_.fd, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (s >= 0)
             accepted_ = s;
         return s;

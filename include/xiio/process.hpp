@@ -7,6 +7,7 @@
 // (automatic reaping) breaks that, and run_process then throws std::system_error (ESRCH
 // or ECHILD).
 
+#include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 #include <xiio/multiplex.hpp>
 
@@ -74,7 +75,7 @@ namespace detail {
 /// An owned pipe: [0] read end, [1] write end; close-on-exec.
 inline std::pair<Fd, Fd> make_pipe() {
     int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0)
+    if (sys::pipe2(p, O_CLOEXEC) != 0)
         throw_errno("pipe2");
     return {Fd(p[0]), Fd(p[1])};
 }
@@ -172,14 +173,14 @@ inline Child spawn(const std::vector<std::string>& cmd, const ProcessOptions& op
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
     Child child;
-    int rc = ::posix_spawn(&child.pid, exe.c_str(), &fa, &attr, argv.data(),
-                           opts.env ? envp.data() : environ);
+    int rc = sys::posix_spawn(&child.pid, exe.c_str(), &fa, &attr, argv.data(),
+                              opts.env ? envp.data() : environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     if (rc != 0)
         throw std::system_error(rc, std::system_category(), "posix_spawn " + cmd.front());
     // Safe as long as nobody else reaps the child (see the top of this file).
-    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, child.pid, 0));
+    int pidfd = sys::pidfd_open(child.pid);
     if (pidfd < 0) {
         int e = errno;
         ::kill(child.pid, SIGKILL);

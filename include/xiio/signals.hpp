@@ -28,6 +28,7 @@
 //   which unblocks it when run() returns; otherwise SIGPIPE goes back to how the thread
 //   had it before the subscription (and before the loop).
 
+#include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 
 #include <cassert>
@@ -65,7 +66,7 @@ class SignalOp : public FdOp<SignalOp, int, READ> {
 public:
     explicit SignalOp(const Fd& fd) noexcept : FdOp(fd) {}
     SignalOp(SignalOp&& o) noexcept : FdOp(std::move(o)) {}
-    ssize_t call() noexcept { return ::read(ref_.fd, &info_, sizeof info_); }
+    ssize_t call() noexcept { return sys::read(ref_.fd, &info_, sizeof info_); }
     int await_resume() {
         finish("read");
         return static_cast<int>(info_.ssi_signo);
@@ -184,7 +185,7 @@ inline SignalSubscription subscribe_signals(std::initializer_list<int> signals) 
     auto impl = std::make_unique<SignalSubscription::Impl>();
     impl->set = set;
     pthread_sigmask(SIG_BLOCK, &set, &impl->old);
-    int fd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    int fd = detail::sys::signalfd(&set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (fd < 0) {
         int err = errno;
         pthread_sigmask(SIG_SETMASK, &impl->old, nullptr);

@@ -28,6 +28,11 @@ class Task;
 namespace detail {
 
 struct PromiseBase {
+    PromiseBase() noexcept { count(Counter::frames, 1); }
+    ~PromiseBase() { count(Counter::frames, -1); }
+    PromiseBase(const PromiseBase&) = delete;
+    PromiseBase& operator=(const PromiseBase&) = delete;
+
     Runner* runner_ = nullptr;
     std::coroutine_handle<> continuation_; // the awaiting frame; null for a runner's root
     std::exception_ptr exception_;

@@ -3,6 +3,7 @@
 // EpollPoller is the default; tests substitute doubles through poller_factory(), and
 // xiio/asio.hpp maps the same interface onto Asio descriptors.
 
+#include <xiio/detail/sys.hpp>
 #include <xiio/errors.hpp>
 
 #include <chrono>
@@ -43,7 +44,7 @@ public:
 
 class EpollPoller : public Poller {
 public:
-    EpollPoller() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
+    EpollPoller() : fd_(sys::epoll_create1(EPOLL_CLOEXEC)) {
         if (fd_ < 0)
             throw_errno("epoll_create1");
     }
@@ -79,7 +80,7 @@ public:
                       static_cast<long>(ns % 1'000'000'000)};
                 timeout = &ts;
             }
-            n = ::epoll_pwait2(fd_, events, 256, timeout, nullptr);
+            n = sys::epoll_pwait2(fd_, events, 256, timeout);
         } while (n < 0 && errno == EINTR);
         if (n < 0)
             throw_errno("epoll_pwait2");

@@ -1,6 +1,7 @@
 #pragma once
 // RemoteQueue: how other threads (a thread pool's workers) hand work to a loop's thread.
 
+#include <xiio/detail/sys.hpp>
 #include <xiio/errors.hpp>
 
 #include <cstdint>
@@ -20,7 +21,7 @@ namespace xiio::detail {
 /// first callback of a batch writes the eventfd that wakes the loop: no polling.
 class RemoteQueue {
 public:
-    RemoteQueue() : fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    RemoteQueue() : fd_(sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
         if (fd_ < 0)
             throw_errno("eventfd");
     }
@@ -41,14 +42,14 @@ public:
         if (first) {
             std::uint64_t one = 1;
             // Fails only if the counter would overflow: it is then nonzero anyway.
-            [[maybe_unused]] auto n = ::write(fd_, &one, sizeof one);
+            [[maybe_unused]] auto n = sys::write(fd_, &one, sizeof one);
         }
         return true;
     }
     /// On the loop's thread: everything posted so far.
     std::vector<std::function<void()>> take() {
         std::uint64_t count;
-        [[maybe_unused]] auto n = ::read(fd_, &count, sizeof count);
+        [[maybe_unused]] auto n = sys::read(fd_, &count, sizeof count);
         std::unique_lock lock(mutex_);
         return std::exchange(items_, {});
     }
