@@ -648,6 +648,24 @@ TEST_CASE("the deadline of a timeout is exact: no drift from re-arming") {
         50ms);
 }
 
+TEST_CASE("add_task on a group that has finished throws logic_error") {
+    // The group lives in task_group's frame, which stays alive as long as its Task: a
+    // pointer kept by the body can reach the group after it finished.
+    TaskGroup* kept = nullptr;
+    auto body = [&](TaskGroup& tg) -> Task<int> {
+        kept = &tg;
+        co_return 7;
+    };
+    run([&]() -> Task<void> {
+        auto group = xiio::task_group(std::ref(body));
+        int v = co_await group;
+        CHECK(v == 7);
+        CHECK_THROWS_WITH(kept->add_task(xiio::sleep(1ms)),
+                          Catch::Contains("the group has finished"));
+        CHECK(kept->size() == 0);
+    });
+}
+
 TEST_CASE("misuse of a group throws logic_error: no loop, an empty task") {
     CHECK_THROWS_AS(TaskGroup(), std::logic_error); // no loop runs on this thread
     run([]() -> Task<void> {
