@@ -1,54 +1,262 @@
 #pragma once
-// What every benchmark shares: arguments, repeated measurement, one table row per
-// implementation with its ratios to the raw baseline and to xiio.
+// What every benchmark shares: arguments, the measured region, and the result lines.
+//
+// Every benchmark runs one or all implementations (`--impl raw|xiio|asio|all`) of one or
+// all of its cases (`--case NAME|all`), `--runs R` times each, and prints one line per run:
+//   RESULT workload=W3 case=P1 impl=xiio run=0 ops=200000 ns_per_op=1234.5 key=value...
+// bench/run starts one process per (workload, case, impl) and turns these lines into its
+// table; the indented human line after the runs is for people running a binary by hand.
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+// `valgrind --tool=callgrind --instr-atstart=no` counts only what runs between these two
+// macros, i.e. the measured region (bench/run --instructions). They are a few no-op
+// instructions outside valgrind; where the header is missing they expand to nothing.
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#else
+#define CALLGRIND_START_INSTRUMENTATION
+#define CALLGRIND_STOP_INSTRUMENTATION
+#define RUNNING_ON_VALGRIND 0
+#endif
+
+#include <xiio/loop.hpp>
+
+#include <cerrno>
+#include <sys/epoll.h>
 
 namespace bench {
 
-struct Args {
-    long n;
-    int runs = 5;
+using Clock = std::chrono::steady_clock;
+
+// ---- valgrind 3.19 (Debian 12) does not know epoll_pwait2 (ENOSYS) ------------------------
+// xiio's EpollPoller and the raw loops use it for nanosecond timeouts. Under valgrind only,
+// the raw loops fall back to epoll_wait (timeout rounded up to ms) and xiio gets a Poller
+// that does the same, through the Poller seam (detail::poller_factory). The instructions
+// counted differ from the native path only in that timeout conversion.
+
+/// epoll_pwait2, or epoll_wait with the timeout rounded up where it is missing.
+inline int epoll_wait_ns(int ep, epoll_event* events, int max, const timespec* timeout) {
+    static bool have_pwait2 = true;
+    if (have_pwait2) {
+        int n = ::epoll_pwait2(ep, events, max, timeout, nullptr);
+        if (n >= 0 || errno != ENOSYS)
+            return n;
+        have_pwait2 = false;
+    }
+    int ms = -1;
+    if (timeout)
+        ms = static_cast<int>(
+            std::min<long long>(timeout->tv_sec * 1000LL + (timeout->tv_nsec + 999'999) / 1'000'000,
+                                std::numeric_limits<int>::max()));
+    return ::epoll_wait(ep, events, max, ms);
+}
+
+/// xiio's EpollPoller with epoll_wait_ns as its waiting step.
+class CompatPoller final : public xiio::detail::Poller {
+public:
+    CompatPoller() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
+        if (fd_ < 0)
+            xiio::detail::throw_errno("epoll_create1");
+    }
+    ~CompatPoller() override { ::close(fd_); }
+    CompatPoller(const CompatPoller&) = delete;
+    CompatPoller& operator=(const CompatPoller&) = delete;
+    int add(int fd, unsigned events, bool oneshot) override {
+        int err = ctl(EPOLL_CTL_ADD, fd, events, oneshot);
+        return err == EEXIST ? ctl(EPOLL_CTL_MOD, fd, events, oneshot) : err;
+    }
+    int modify(int fd, unsigned events, bool oneshot) override {
+        int err = ctl(EPOLL_CTL_MOD, fd, events, oneshot);
+        return err == ENOENT ? ctl(EPOLL_CTL_ADD, fd, events, oneshot) : err;
+    }
+    void remove(int fd) noexcept override { ::epoll_ctl(fd_, EPOLL_CTL_DEL, fd, nullptr); }
+    void wait(xiio::Clock::time_point deadline,
+              std::vector<xiio::detail::PollEvent>& ready) override {
+        epoll_event events[256];
+        int n;
+        do {
+            timespec ts{}, *timeout = nullptr;
+            if (deadline != xiio::Clock::time_point::max()) {
+                auto now = xiio::Clock::now();
+                auto ns = deadline > now
+                              ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now).count()
+                              : 0;
+                ts = {static_cast<time_t>(ns / 1'000'000'000),
+                      static_cast<long>(ns % 1'000'000'000)};
+                timeout = &ts;
+            }
+            n = epoll_wait_ns(fd_, events, 256, timeout);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0)
+            xiio::detail::throw_errno("epoll_wait");
+        for (int i = 0; i < n; ++i) {
+            unsigned e = events[i].events, r = 0;
+            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                r |= xiio::READ;
+            if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+                r |= xiio::WRITE;
+            ready.push_back({events[i].data.fd, r});
+        }
+    }
+
+private:
+    int ctl(int op, int fd, unsigned events, bool oneshot) noexcept {
+        epoll_event ev{};
+        ev.events = ((events & xiio::READ) ? EPOLLIN | EPOLLRDHUP : 0u) |
+                    ((events & xiio::WRITE) ? EPOLLOUT : 0u) | (oneshot ? EPOLLONESHOT : 0u);
+        ev.data.fd = fd;
+        return ::epoll_ctl(fd_, op, fd, &ev) == 0 ? 0 : errno;
+    }
+    int fd_;
 };
 
-/// `--n N --runs R`.
-inline Args parse(int argc, char** argv, long default_n) {
-    Args a{default_n};
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!std::strcmp(argv[i], "--n"))
-            a.n = std::stol(argv[i + 1]);
-        else if (!std::strcmp(argv[i], "--runs"))
-            a.runs = std::stoi(argv[i + 1]);
+/// Under valgrind: xiio loops of this thread use CompatPoller (call at the start of main).
+inline void valgrind_compat() {
+    if (RUNNING_ON_VALGRIND)
+        xiio::detail::poller_factory() = [] { return std::make_unique<CompatPoller>(); };
+}
+
+struct Args {
+    long n = 0;
+    int runs = 5;
+    std::string impl = "all";
+    std::string case_name = "all";
+    std::map<std::string, std::string, std::less<>> opts; // any other `--key value`
+
+    bool wants_impl(std::string_view i) const { return impl == "all" || impl == i; }
+    bool wants_case(std::string_view c) const { return case_name == "all" || case_name == c; }
+    long get(std::string_view key, long def) const {
+        auto it = opts.find(key);
+        return it == opts.end() ? def : std::stol(it->second);
     }
+};
+
+/// `--n N --runs R --impl I --case C`, plus any `--key value` for get().
+inline Args parse(int argc, char** argv, long default_n) {
+    valgrind_compat(); // every benchmark parses its arguments first
+    Args a;
+    a.n = default_n;
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 >= argc || std::strncmp(argv[i], "--", 2) != 0)
+            throw std::invalid_argument(std::string("expected --key value, got ") + argv[i]);
+        std::string key = argv[i] + 2, value = argv[i + 1];
+        if (key == "n")
+            a.n = std::stol(value);
+        else if (key == "runs")
+            a.runs = std::stoi(value);
+        else if (key == "impl")
+            a.impl = value;
+        else if (key == "case")
+            a.case_name = value;
+        else
+            a.opts[key] = value;
+    }
+    if (a.impl != "all" && a.impl != "raw" && a.impl != "xiio" && a.impl != "asio")
+        throw std::invalid_argument("--impl: raw, xiio, asio or all");
     return a;
 }
 
-struct Stats {
-    double median, min, max;
+/// The measured region: wall clock and, under callgrind, the counted instructions.
+/// Construct it right before the work (loop creation included) and call stop() right after.
+class Region {
+public:
+    /// `counted` false: timed, but not counted by callgrind (a warm-up).
+    explicit Region(bool counted = true) noexcept : counted_(counted) {
+        if (counted_)
+            CALLGRIND_START_INSTRUMENTATION;
+        cpu0_ = cpu_ns();
+        t0_ = Clock::now();
+    }
+    /// Ends the region; ns of wall clock since the start.
+    double stop() noexcept {
+        auto t = Clock::now();
+        cpu_ = cpu_ns() - cpu0_;
+        if (counted_)
+            CALLGRIND_STOP_INSTRUMENTATION;
+        return std::chrono::duration<double, std::nano>(t - t0_).count();
+    }
+    /// After stop(): user + system CPU time of the process in the region, in ns.
+    double cpu() const noexcept { return cpu_; }
+
+    static double cpu_ns() noexcept {
+        rusage u{};
+        ::getrusage(RUSAGE_SELF, &u);
+        auto ns = [](timeval t) { return t.tv_sec * 1e9 + t.tv_usec * 1e3; };
+        return ns(u.ru_utime) + ns(u.ru_stime);
+    }
+
+private:
+    Clock::time_point t0_;
+    double cpu0_ = 0, cpu_ = 0;
+    bool counted_;
 };
 
-/// Runs `f` (returning ns per operation) `runs` times.
-template <class F>
-Stats measure(int runs, F f) {
-    std::vector<double> ns;
-    for (int i = 0; i < runs; ++i)
-        ns.push_back(f());
-    std::sort(ns.begin(), ns.end());
-    return {ns[ns.size() / 2], ns.front(), ns.back()};
+/// Resident set size now, in KiB (from /proc/self/statm).
+inline long rss_kib() {
+    long pages = 0, resident = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        std::fclose(f);
+    }
+    return resident * (::sysconf(_SC_PAGESIZE) / 1024);
 }
 
-/// `name  median ns (min-max)  extra  raw xR  [xiio/this xX]`.
-inline void row(const char* name, const Stats& s, const Stats& raw, const Stats* xiio,
-                const std::string& extra = {}) {
-    fmt::print("  {:<6} {:>9.1f} ns ({:.1f}-{:.1f}) {}  raw x{:.2f}", name, s.median, s.min, s.max,
-               extra, s.median / raw.median);
-    if (xiio)
-        fmt::print("   xiio/this {:.2f}", xiio->median / s.median);
-    fmt::print("\n");
+/// Peak resident set size of the process so far, in KiB.
+inline long peak_rss_kib() {
+    rusage u{};
+    ::getrusage(RUSAGE_SELF, &u);
+    return u.ru_maxrss;
+}
+
+/// One run's outcome: ns per operation plus named extras (bytes per op, lateness, ...).
+struct Sample {
+    double ns_per_op;
+    std::vector<std::pair<std::string, double>> extra = {};
+};
+
+/// Runs `run()` (returning a Sample) a.runs times for one (workload, case, impl) and
+/// prints a RESULT line per run and a human summary.
+template <class F>
+void measure(const Args& a, std::string_view workload, std::string_view case_name,
+             std::string_view impl, long ops, F run) {
+    std::vector<double> ns;
+    for (int i = 0; i < a.runs; ++i) {
+        Sample s = run();
+        ns.push_back(s.ns_per_op);
+        fmt::print("RESULT workload={} case={} impl={} run={} ops={} ns_per_op={:.3f}", workload,
+                   case_name, impl, i, ops, s.ns_per_op);
+        for (auto& [k, v] : s.extra)
+            fmt::print(" {}={:.6g}", k, v);
+        fmt::print("\n");
+        std::fflush(stdout);
+    }
+    std::sort(ns.begin(), ns.end());
+    fmt::print("  {} {:<6} {:<8} {:>10.1f} ns/op ({:.1f}-{:.1f}) over {} runs\n", workload,
+               case_name, impl, ns[ns.size() / 2], ns.front(), ns.back(), ns.size());
+    std::fflush(stdout);
+}
+
+/// Throws unless `ok`: every benchmark checks that all its work was really done.
+inline void check(bool ok, const std::string& what) {
+    if (!ok)
+        throw std::runtime_error(what);
 }
 
 } // namespace bench

@@ -1,19 +1,25 @@
 // W4 echo: one echo server and C clients in one process, one loop, on 127.0.0.1; each client
 // does R request/responses of 64 bytes (send, then read the 64-byte echo) and checks every
-// echo. xiio (Listener/Socket) vs Asio (co_spawn + use_awaitable) in the same run.
-// Prints requests/s (median, min-max of the runs) and the ratio.
+// echo. xiio (Listener/Socket), Asio (co_spawn + use_awaitable) and a raw epoll state
+// machine. ns per request (the region includes listen, connect and accept of every client)
+// and requests/s.
 #include "common.hpp"
 
 #include <xiio.hpp>
 
-#include <fmt/core.h>
-
-#include <algorithm>
 #include <array>
-#include <cstring>
-#include <stdexcept>
-#include <string>
+#include <cerrno>
+#include <cstdint>
+#include <memory>
+#include <string_view>
 #include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #ifdef XIIO_BENCH_ASIO
 #include <asio.hpp>
@@ -21,15 +27,22 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 constexpr std::size_t msg_size = 64;
+using Message = std::array<char, msg_size>;
 
-std::array<char, msg_size> message(int client, int i) {
-    std::array<char, msg_size> m{};
-    auto s = fmt::format("client {} request {} ", client, i);
-    std::fill(m.begin(), m.end(), '.');
-    std::copy(s.begin(), s.end(), m.begin());
+/// Request i of a client: distinct per (client, i), cheap to make (the same in every
+/// implementation, so it does not dilute the comparison).
+Message message(int client, int i) {
+    Message m;
+    m.fill('.');
+    std::uint32_t id[2] = {static_cast<std::uint32_t>(client), static_cast<std::uint32_t>(i)};
+    std::memcpy(m.data(), id, sizeof id);
     return m;
+}
+
+bench::Sample sample(double ns, long ok) {
+    double per = ns / static_cast<double>(ok);
+    return {per, {{"requests_per_s", 1e9 / per}}};
 }
 
 // ---- xiio --------------------------------------------------------------------------------
@@ -42,20 +55,19 @@ xiio::Task<void> xiio_serve(xiio::Socket s) {
 
 xiio::Task<void> xiio_client(std::uint16_t port, int id, int requests, long& ok) {
     auto s = co_await xiio::connect_tcp("127.0.0.1", port);
-    std::array<char, msg_size> back;
+    Message back;
     for (int i = 0; i < requests; ++i) {
         auto m = message(id, i);
         co_await s.send_all(std::string_view(m.data(), m.size()));
         co_await xiio::read_exactly(s.fd(), back);
-        if (back != m)
-            throw std::runtime_error("xiio: wrong echo");
+        bench::check(back == m, "xiio: wrong echo");
         ++ok;
     }
 }
 
-double run_xiio(int clients, int requests) {
+bench::Sample run_xiio(int clients, int requests) {
     long ok = 0;
-    auto start = Clock::now();
+    bench::Region region;
     xiio::run([&]() -> xiio::Task<void> {
         auto l = xiio::Listener::tcp("127.0.0.1", 0, 1024);
         co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
@@ -65,10 +77,225 @@ double run_xiio(int clients, int requests) {
                 tg.add_task(xiio_serve(co_await l.accept()));
         });
     }());
-    double s = std::chrono::duration<double>(Clock::now() - start).count();
-    if (ok != static_cast<long>(clients) * requests)
-        throw std::runtime_error("xiio: missing echoes");
-    return static_cast<double>(ok) / s;
+    double ns = region.stop();
+    bench::check(ok == static_cast<long>(clients) * requests, "xiio: missing echoes");
+    return sample(ns, ok);
+}
+
+// ---- raw: an epoll state machine -----------------------------------------------------------
+
+// Every socket is registered once, level-triggered, for what it waits for next (EPOLLIN;
+// EPOLLOUT only while a connect or a short write is pending, which at 64 bytes is only
+// the connect). Every read and write is tried first; epoll is asked only after EAGAIN.
+class RawEcho {
+public:
+    RawEcho(int clients, int requests) : requests_(requests) {
+        ep_ = ::epoll_create1(EPOLL_CLOEXEC);
+        listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int one = 1;
+        ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof addr;
+        if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) < 0 ||
+            ::listen(listener_, 1024) < 0 ||
+            ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) < 0)
+            fail("listen");
+        listen_conn_.fd = listener_;
+        listen_conn_.kind = Conn::listener;
+        add(listen_conn_, EPOLLIN);
+        for (int c = 0; c < clients; ++c) {
+            auto conn = std::make_unique<Conn>();
+            conn->kind = Conn::client;
+            conn->id = c;
+            conn->fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            ::setsockopt(conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            int r = ::connect(conn->fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+            if (r < 0 && errno != EINPROGRESS)
+                fail("connect");
+            add(*conn, EPOLLOUT); // connected once writable
+            conns_.push_back(std::move(conn));
+        }
+        open_ = 2 * clients; // every client and every accepted connection must close
+    }
+    ~RawEcho() {
+        for (auto& c : conns_)
+            if (c->fd >= 0)
+                ::close(c->fd);
+        ::close(listener_);
+        ::close(ep_);
+    }
+
+    long run() {
+        epoll_event events[256];
+        while (open_ > 0) {
+            int n = ::epoll_wait(ep_, events, 256, -1);
+            if (n < 0 && errno != EINTR)
+                fail("epoll_wait");
+            for (int i = 0; i < n; ++i) {
+                auto* c = static_cast<Conn*>(events[i].data.ptr);
+                if (c->fd >= 0) // a connection closed earlier in this batch is skipped
+                    on_event(*c, events[i].events);
+            }
+        }
+        return ok_;
+    }
+
+private:
+    struct Conn {
+        enum Kind { listener, client, server } kind = server;
+        int fd = -1;
+        int id = 0;
+        int done = 0; // client: requests answered
+        bool connected = false;
+        Message sent; // client: the request in flight
+        std::size_t got = 0;
+        std::array<char, 4096> buf;        // client: the echo so far; server: what to echo
+        std::size_t out = 0, out_done = 0; // server: bytes to echo, bytes echoed
+        unsigned armed = 0;
+    };
+
+    [[noreturn]] static void fail(const char* what) {
+        throw std::runtime_error(std::string("raw: ") + what + ": " + std::strerror(errno));
+    }
+    void add(Conn& c, unsigned events) {
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.ptr = &c;
+        if (::epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev) < 0)
+            fail("epoll_ctl");
+        c.armed = events;
+    }
+    void arm(Conn& c, unsigned events) {
+        if (c.armed == events)
+            return;
+        epoll_event ev{};
+        ev.events = events;
+        ev.data.ptr = &c;
+        if (::epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev) < 0)
+            fail("epoll_ctl");
+        c.armed = events;
+    }
+    void close(Conn& c) {
+        ::close(c.fd); // also leaves the epoll set
+        c.fd = -1;
+        --open_;
+    }
+
+    void on_event(Conn& c, unsigned) {
+        switch (c.kind) {
+        case Conn::listener:
+            return accept_all();
+        case Conn::client:
+            if (!c.connected) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                ::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                    errno = err;
+                    fail("connect");
+                }
+                c.connected = true;
+                arm(c, EPOLLIN);
+                return send_request(c);
+            }
+            return client_read(c);
+        case Conn::server:
+            return server_io(c);
+        }
+    }
+
+    void accept_all() {
+        for (;;) {
+            int fd = ::accept4(listener_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return;
+                fail("accept4");
+            }
+            int one = 1;
+            ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            auto conn = std::make_unique<Conn>();
+            conn->fd = fd;
+            add(*conn, EPOLLIN);
+            Conn& c = *conn;
+            conns_.push_back(std::move(conn));
+            server_io(c); // data may be there already
+        }
+    }
+
+    void send_request(Conn& c) {
+        c.sent = message(c.id, c.done);
+        c.got = 0;
+        // 64 bytes into an empty socket buffer: a short write would be a broken socket.
+        if (::send(c.fd, c.sent.data(), msg_size, MSG_NOSIGNAL) != static_cast<ssize_t>(msg_size))
+            fail("send");
+        client_read(c); // try first: epoll only after EAGAIN
+    }
+
+    void client_read(Conn& c) {
+        for (;;) {
+            ssize_t r = ::recv(c.fd, c.buf.data() + c.got, msg_size - c.got, 0);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return;
+                fail("recv");
+            }
+            if (r == 0)
+                fail("recv: early end of stream");
+            c.got += static_cast<std::size_t>(r);
+            if (c.got < msg_size)
+                continue;
+            bench::check(std::memcmp(c.buf.data(), c.sent.data(), msg_size) == 0,
+                         "raw: wrong echo");
+            ++ok_;
+            if (++c.done == requests_)
+                return close(c);
+            return send_request(c);
+        }
+    }
+
+    void server_io(Conn& c) {
+        for (;;) {
+            while (c.out_done < c.out) { // the echo first: a short write waits for EPOLLOUT
+                ssize_t w =
+                    ::send(c.fd, c.buf.data() + c.out_done, c.out - c.out_done, MSG_NOSIGNAL);
+                if (w < 0) {
+                    if (errno == EAGAIN || errno == EWOULDBLOCK)
+                        return arm(c, EPOLLOUT);
+                    fail("send");
+                }
+                c.out_done += static_cast<std::size_t>(w);
+            }
+            arm(c, EPOLLIN);
+            ssize_t r = ::recv(c.fd, c.buf.data(), c.buf.size(), 0);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return;
+                fail("recv");
+            }
+            if (r == 0)
+                return close(c);
+            c.out = static_cast<std::size_t>(r);
+            c.out_done = 0;
+        }
+    }
+
+    int ep_ = -1, listener_ = -1;
+    int requests_;
+    int open_ = 0;
+    long ok_ = 0;
+    Conn listen_conn_;
+    std::vector<std::unique_ptr<Conn>> conns_;
+};
+
+bench::Sample run_raw(int clients, int requests) {
+    bench::Region region;
+    long ok = RawEcho(clients, requests).run();
+    double ns = region.stop();
+    bench::check(ok == static_cast<long>(clients) * requests, "raw: missing echoes");
+    return sample(ns, ok);
 }
 
 // ---- Asio ----------------------------------------------------------------------------------
@@ -100,20 +327,19 @@ asio::awaitable<void> asio_client(tcp::endpoint ep, int id, int requests, long& 
     tcp::socket s(co_await asio::this_coro::executor);
     co_await s.async_connect(ep, asio::use_awaitable);
     s.set_option(tcp::no_delay(true));
-    std::array<char, msg_size> back;
+    Message back;
     for (int i = 0; i < requests; ++i) {
         auto m = message(id, i);
         co_await asio::async_write(s, asio::buffer(m), asio::use_awaitable);
         co_await asio::async_read(s, asio::buffer(back), asio::use_awaitable);
-        if (back != m)
-            throw std::runtime_error("asio: wrong echo");
+        bench::check(back == m, "asio: wrong echo");
         ++ok;
     }
 }
 
-double run_asio(int clients, int requests) {
+bench::Sample run_asio(int clients, int requests) {
     long ok = 0;
-    auto start = Clock::now();
+    bench::Region region;
     {
         asio::io_context ctx(1);
         tcp::acceptor acc(ctx, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
@@ -127,34 +353,28 @@ double run_asio(int clients, int requests) {
             });
         ctx.run();
     }
-    double s = std::chrono::duration<double>(Clock::now() - start).count();
-    if (ok != static_cast<long>(clients) * requests)
-        throw std::runtime_error("asio: missing echoes");
-    return static_cast<double>(ok) / s;
+    double ns = region.stop();
+    bench::check(ok == static_cast<long>(clients) * requests, "asio: missing echoes");
+    return sample(ns, ok);
 }
 #endif
 
 } // namespace
 
 int main(int argc, char** argv) {
-    int clients = 100, requests = 2000, runs = 5;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!std::strcmp(argv[i], "--clients"))
-            clients = std::stoi(argv[i + 1]);
-        else if (!std::strcmp(argv[i], "--requests"))
-            requests = std::stoi(argv[i + 1]);
-        else if (!std::strcmp(argv[i], "--runs"))
-            runs = std::stoi(argv[i + 1]);
-    }
-    fmt::print("W4 echo: {} clients x {} requests of {} bytes on 127.0.0.1, one loop, "
-               "median (min-max) of {} runs\n",
-               clients, requests, msg_size, runs);
-    // No raw epoll baseline here yet (issue 6): requests/s of xiio and Asio, and their ratio.
-    auto rps = [](const bench::Stats& ns) { return 1e9 / ns.median; };
-    auto x = bench::measure(runs, [&] { return 1e9 / run_xiio(clients, requests); });
-    fmt::print("  xiio {:>10.0f} requests/s\n", rps(x));
+    auto a = bench::parse(argc, argv, 2000);
+    int clients = static_cast<int>(a.get("clients", 100));
+    int requests = static_cast<int>(a.get("requests", a.n));
+    long ops = static_cast<long>(clients) * requests;
+    fmt::print("W4 echo: {} clients x {} requests of {} bytes on 127.0.0.1, one loop; ns per "
+               "request\n",
+               clients, requests, msg_size);
+    if (a.wants_impl("raw"))
+        bench::measure(a, "W4", "echo", "raw", ops, [&] { return run_raw(clients, requests); });
+    if (a.wants_impl("xiio"))
+        bench::measure(a, "W4", "echo", "xiio", ops, [&] { return run_xiio(clients, requests); });
 #ifdef XIIO_BENCH_ASIO
-    auto a = bench::measure(runs, [&] { return 1e9 / run_asio(clients, requests); });
-    fmt::print("  asio {:>10.0f} requests/s\n  xiio/asio {:.2f}\n", rps(a), rps(x) / rps(a));
+    if (a.wants_impl("asio"))
+        bench::measure(a, "W4", "echo", "asio", ops, [&] { return run_asio(clients, requests); });
 #endif
 }

@@ -3,7 +3,7 @@
 // xiio: co_await in_thread(f) in a task; raw: a std::thread with a mutex/condvar queue that
 // wakes the caller through an eventfd (what in_thread does, without coroutines); Asio:
 // co_await co_spawn(thread_pool, f, use_awaitable) from a coroutine on an io_context.
-// Prints ns per round trip (median, min-max of the runs) and the ratios.
+// ns per round trip.
 #include "common.hpp"
 
 #include <xiio.hpp>
@@ -30,8 +30,6 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 long trivial(long i) {
     return i + 1;
 }
@@ -40,23 +38,18 @@ long expected_sum(long n) {
     return n * (n + 1) / 2; // sum of trivial(i) for i in [0, n)
 }
 
-double ns_per_call(Clock::time_point start, long n) {
-    return std::chrono::duration<double, std::nano>(Clock::now() - start).count() /
-           static_cast<double>(n);
-}
-
 // ---- xiio --------------------------------------------------------------------------------
 
-double run_xiio(long n) {
+double run_xiio(long n, bool counted = true) {
     long sum = 0;
-    auto start = Clock::now();
+    bench::Region region(counted);
     xiio::run([&]() -> xiio::Task<void> {
         for (long i = 0; i < n; ++i) {
             long r = co_await xiio::in_thread(trivial, i);
             sum += r;
         }
     }());
-    double ns = ns_per_call(start, n);
+    double ns = region.stop() / static_cast<double>(n);
     if (sum != expected_sum(n))
         throw std::runtime_error("xiio: wrong sum");
     return ns;
@@ -121,10 +114,10 @@ private:
 double run_raw(long n) {
     RawWorker w;
     long sum = 0;
-    auto start = Clock::now();
+    bench::Region region;
     for (long i = 0; i < n; ++i)
         sum += w.call(i);
-    double ns = ns_per_call(start, n);
+    double ns = region.stop() / static_cast<double>(n);
     if (sum != expected_sum(n))
         throw std::runtime_error("raw: wrong sum");
     return ns;
@@ -145,10 +138,10 @@ double run_asio(long n) {
     asio::io_context ctx(1);
     asio::thread_pool pool(xiio::ThreadPool::default_max_workers());
     long sum = 0;
-    auto start = Clock::now();
+    bench::Region region;
     asio::co_spawn(ctx, asio_loop(pool, n, sum), asio::detached);
     ctx.run();
-    double ns = ns_per_call(start, n);
+    double ns = region.stop() / static_cast<double>(n);
     pool.join();
     if (sum != expected_sum(n))
         throw std::runtime_error("asio: wrong sum");
@@ -159,17 +152,21 @@ double run_asio(long n) {
 } // namespace
 
 int main(int argc, char** argv) {
-    auto [n, runs] = bench::parse(argc, argv, 100'000);
-    fmt::print("W6 offload: {} sequential round trips of a trivial function to a worker thread,\n"
-               "median (min-max) of {} runs, per round trip\n",
-               n, runs);
-    run_xiio(std::min(n, 1000L)); // start the default pool's worker outside the timing
-    auto raw = bench::measure(runs, [&] { return run_raw(n); });
-    auto x = bench::measure(runs, [&] { return run_xiio(n); });
-    bench::row("raw", raw, raw, nullptr);
-    bench::row("xiio", x, raw, nullptr);
+    auto a = bench::parse(argc, argv, 100'000);
+    fmt::print("W6 offload: {} sequential round trips of a trivial function to a worker "
+               "thread; ns per round trip\n",
+               a.n);
+    if (a.wants_impl("raw"))
+        bench::measure(a, "W6", "offload", "raw", a.n, [&] { return bench::Sample{run_raw(a.n)}; });
+    if (a.wants_impl("xiio")) {
+        // Start the default pool's worker outside the timing (and the instruction count).
+        run_xiio(std::min(a.n, 1000L), false);
+        bench::measure(a, "W6", "offload", "xiio", a.n,
+                       [&] { return bench::Sample{run_xiio(a.n)}; });
+    }
 #ifdef XIIO_BENCH_ASIO
-    auto a = bench::measure(runs, [&] { return run_asio(n); });
-    bench::row("asio", a, raw, &x);
+    if (a.wants_impl("asio"))
+        bench::measure(a, "W6", "offload", "asio", a.n,
+                       [&] { return bench::Sample{run_asio(a.n)}; });
 #endif
 }

@@ -1,17 +1,13 @@
-// W1 spawn: n children in one group, each returning at once (or yielding once first).
-// xiio: task_group + add_task; raw: queued callbacks; Asio: co_spawn + a counter.
-// Prints ns per child (median, min-max of the runs) and heap bytes per child.
+// W1 spawn: n children in one group, each returning at once (case "return") or yielding
+// once first (case "yield").
+// xiio: task_group + add_task; raw: a FIFO of callbacks; Asio: co_spawn + a counter.
+// ns per child (whole run: creating, running and destroying every child) and heap bytes
+// per child (malloc's bytes in use once every child is queued and none has run).
 #include "common.hpp"
 
 #include <xiio.hpp>
 
-#include <fmt/core.h>
-
-#include <algorithm>
-#include <cstring>
-#include <deque>
 #include <malloc.h>
-#include <string>
 #include <vector>
 
 #ifdef XIIO_BENCH_ASIO
@@ -20,15 +16,15 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-struct Result {
-    double ns_per_child;
-    double bytes_per_child;
-};
-
+/// malloc's bytes in use: small chunks plus mmap()ed big ones (a million-entry vector).
 std::size_t heap_in_use() {
-    return mallinfo2().uordblks;
+    auto m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+}
+
+bench::Sample sample(double ns, std::size_t bytes, long n) {
+    auto per = [n](double x) { return x / static_cast<double>(n); };
+    return {per(ns), {{"bytes_per_op", per(static_cast<double>(bytes))}}};
 }
 
 // ---- xiio --------------------------------------------------------------------------------
@@ -42,10 +38,10 @@ xiio::Task<void> yielding_child(long& count) {
     ++count;
 }
 
-Result run_xiio(long n, bool yield) {
+bench::Sample run_xiio(long n, bool yield) {
     long count = 0;
     std::size_t bytes = 0;
-    auto start = Clock::now();
+    bench::Region region;
     xiio::run([&]() -> xiio::Task<void> {
         co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
             auto before = heap_in_use();
@@ -55,64 +51,61 @@ Result run_xiio(long n, bool yield) {
             co_return;
         });
     }());
-    double ns = std::chrono::duration<double, std::nano>(Clock::now() - start).count();
-    if (count != n)
-        throw std::runtime_error("xiio: not every child ran");
-    return {ns / static_cast<double>(n), static_cast<double>(bytes) / static_cast<double>(n)};
+    double ns = region.stop();
+    bench::check(count == n, "xiio: not every child ran");
+    return sample(ns, bytes, n);
 }
 
-// ---- raw: a queue of callbacks -------------------------------------------------------------
+// ---- raw: a FIFO of callbacks --------------------------------------------------------------
 
+// What a hand-written loop does: a child is a context and a function pointer. The loop
+// runs the callbacks that are ready now; one that yields queues itself for the next round.
 struct RawLoop {
     struct Callback {
         void (*fn)(RawLoop&, void*);
         void* ctx;
     };
-    std::deque<Callback> ready;
+    std::vector<Callback> ready, running;
     void run() {
         while (!ready.empty()) {
-            Callback c = ready.front();
-            ready.pop_front();
-            c.fn(*this, c.ctx);
+            running.swap(ready);
+            for (Callback c : running)
+                c.fn(*this, c.ctx);
+            running.clear();
         }
     }
 };
 
 struct RawChild {
     long* count;
-    bool yielded = false;
 };
 
-Result run_raw(long n, bool yield) {
+void raw_finish(RawLoop&, void* p) {
+    ++*static_cast<RawChild*>(p)->count;
+}
+void raw_yield(RawLoop& l, void* p) {
+    l.ready.push_back({raw_finish, p}); // the yield: run again after the others
+}
+
+bench::Sample run_raw(long n, bool yield) {
     long count = 0;
     std::size_t bytes = 0;
-    auto start = Clock::now();
+    bench::Region region;
     {
         RawLoop loop;
         auto before = heap_in_use();
+        // A long-lived loop's queue has grown to its working size long before: no regrowth.
+        loop.ready.reserve(static_cast<std::size_t>(n));
+        loop.running.reserve(static_cast<std::size_t>(n));
         std::vector<RawChild> children(static_cast<std::size_t>(n), RawChild{&count});
         for (auto& c : children)
-            loop.ready.push_back({yield
-                                      ? +[](RawLoop& l, void* p) {
-                                            auto* c = static_cast<RawChild*>(p);
-                                            if (!c->yielded) {
-                                                c->yielded = true;
-                                                l.ready.push_back({nullptr, p});
-                                                l.ready.back().fn = [](RawLoop&, void* q) {
-                                                    ++*static_cast<RawChild*>(q)->count;
-                                                };
-                                                return;
-                                            }
-                                        }
-                                      : +[](RawLoop&, void* p) { ++*static_cast<RawChild*>(p)->count; },
-                                  &c});
+            loop.ready.push_back({yield ? raw_yield : raw_finish, &c});
         bytes = heap_in_use() - before;
         loop.run();
     }
-    double ns = std::chrono::duration<double, std::nano>(Clock::now() - start).count();
-    if (count != n)
-        throw std::runtime_error("raw: not every child ran");
-    return {ns / static_cast<double>(n), static_cast<double>(bytes) / static_cast<double>(n)};
+    double ns = region.stop();
+    bench::check(count == n, "raw: not every child ran");
+    return sample(ns, bytes, n);
 }
 
 // ---- Asio ----------------------------------------------------------------------------------
@@ -124,10 +117,10 @@ asio::awaitable<void> asio_child(long& count, bool yield) {
     ++count;
 }
 
-Result run_asio(long n, bool yield) {
+bench::Sample run_asio(long n, bool yield) {
     long count = 0;
     std::size_t bytes = 0;
-    auto start = Clock::now();
+    bench::Region region;
     {
         asio::io_context ctx(1);
         auto before = heap_in_use();
@@ -136,36 +129,28 @@ Result run_asio(long n, bool yield) {
         bytes = heap_in_use() - before;
         ctx.run();
     }
-    double ns = std::chrono::duration<double, std::nano>(Clock::now() - start).count();
-    if (count != n)
-        throw std::runtime_error("asio: not every child ran");
-    return {ns / static_cast<double>(n), static_cast<double>(bytes) / static_cast<double>(n)};
+    double ns = region.stop();
+    bench::check(count == n, "asio: not every child ran");
+    return sample(ns, bytes, n);
 }
 #endif
 
 } // namespace
 
 int main(int argc, char** argv) {
-    auto [n, runs] = bench::parse(argc, argv, 1'000'000);
-    fmt::print("W1 spawn: {} children in one group, median (min-max) of {} runs\n", n, runs);
+    auto a = bench::parse(argc, argv, 1'000'000);
+    fmt::print("W1 spawn: {} children in one group; ns per child, heap bytes per child\n", a.n);
     for (bool yield : {false, true}) {
-        fmt::print("{}\n", yield ? "each yields once, then returns" : "each returns at once");
-        // Each run reports ns per child; the heap bytes per child are the same every run.
-        double bytes[3] = {};
-        auto timed = [&](int i, auto run) {
-            return [&, i, run] {
-                Result r = run(n, yield);
-                bytes[i] = r.bytes_per_child;
-                return r.ns_per_child;
-            };
-        };
-        auto raw = bench::measure(runs, timed(0, run_raw));
-        auto x = bench::measure(runs, timed(1, run_xiio));
-        bench::row("raw", raw, raw, nullptr, fmt::format("{:>5.0f} B/child", bytes[0]));
-        bench::row("xiio", x, raw, nullptr, fmt::format("{:>5.0f} B/child", bytes[1]));
+        const char* c = yield ? "yield" : "return";
+        if (!a.wants_case(c))
+            continue;
+        if (a.wants_impl("raw"))
+            bench::measure(a, "W1", c, "raw", a.n, [&] { return run_raw(a.n, yield); });
+        if (a.wants_impl("xiio"))
+            bench::measure(a, "W1", c, "xiio", a.n, [&] { return run_xiio(a.n, yield); });
 #ifdef XIIO_BENCH_ASIO
-        auto a = bench::measure(runs, timed(2, run_asio));
-        bench::row("asio", a, raw, &x, fmt::format("{:>5.0f} B/child", bytes[2]));
+        if (a.wants_impl("asio"))
+            bench::measure(a, "W1", c, "asio", a.n, [&] { return run_asio(a.n, yield); });
 #endif
     }
 }
