@@ -5,7 +5,9 @@
 #include <catch2/catch.hpp>
 #include <xiio.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -64,9 +66,21 @@ auto run(F body) {
     }
 }
 
-/// Runs `f` and checks it took at least `expected` and less than `expected + slack`.
+/// How much slower than normal this run is allowed to be: XIIO_TEST_SLACK_SCALE (the
+/// memcheck stage runs under valgrind, ~20x slower, with 10); 1 by default.
+inline long slack_scale() {
+    static long scale = [] {
+        const char* s = std::getenv("XIIO_TEST_SLACK_SCALE");
+        return s ? std::max(1L, std::atol(s)) : 1L;
+    }();
+    return scale;
+}
+
+/// Runs `f` and checks it took at least `expected` and less than `expected + slack`
+/// (slack multiplied by slack_scale()).
 template <class F>
 void assert_duration(Ms expected, F f, Ms slack = 100ms) {
+    slack *= slack_scale();
     auto start = xiio::Clock::now();
     f();
     auto took = std::chrono::duration_cast<Ms>(xiio::Clock::now() - start);

@@ -41,6 +41,9 @@ public:
         for (const auto& [fd, target] : fds_)
             if (!fds.count(fd))
                 std::fprintf(stderr, "  closed fd %d -> %s\n", fd, target.c_str());
+            else if (fds.at(fd) != target)
+                std::fprintf(stderr, "  fd %d -> %s, was %s\n", fd, fds.at(fd).c_str(),
+                             target.c_str());
         std::fflush(stderr);
         std::_Exit(3);
     }

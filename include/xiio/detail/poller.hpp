@@ -6,8 +6,10 @@
 #include <xiio/detail/sys.hpp>
 #include <xiio/errors.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -68,22 +70,10 @@ public:
         epoll_event events[256];
         int n;
         do { // on EINTR, wait again for what is left: a signal storm must not extend it
-            timespec ts{};
-            timespec* timeout = nullptr;
-            if (deadline != Clock::time_point::max()) {
-                auto now = Clock::now();
-                // Rounded up: waking a nanosecond early would only cost another wait.
-                auto ns = deadline > now
-                              ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now).count()
-                              : 0;
-                ts = {static_cast<time_t>(ns / 1'000'000'000),
-                      static_cast<long>(ns % 1'000'000'000)};
-                timeout = &ts;
-            }
-            n = sys::epoll_pwait2(fd_, events, 256, timeout);
+            n = wait_once(deadline, events, 256);
         } while (n < 0 && errno == EINTR);
         if (n < 0)
-            throw_errno("epoll_pwait2");
+            throw_errno(pwait2_ ? "epoll_pwait2" : "epoll_wait");
         for (int i = 0; i < n; ++i) {
             unsigned e = events[i].events;
             unsigned r = 0;
@@ -96,6 +86,33 @@ public:
     }
 
 private:
+    /// epoll_pwait2 takes a nanosecond timeout. Kernels before 5.11, valgrind and some
+    /// seccomp profiles answer ENOSYS: then epoll_wait, with the timeout rounded up to
+    /// whole milliseconds (a timer may fire up to 1 ms late, never early).
+    int wait_once(Clock::time_point deadline, epoll_event* events, int max) noexcept {
+        std::chrono::nanoseconds left{-1};
+        if (deadline != Clock::time_point::max()) {
+            auto now = Clock::now();
+            // Rounded up: waking a nanosecond early would only cost another wait.
+            left = deadline > now ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now)
+                                  : std::chrono::nanoseconds(0);
+        }
+        if (pwait2_) {
+            timespec ts{static_cast<time_t>(left.count() / 1'000'000'000),
+                        static_cast<long>(left.count() % 1'000'000'000)};
+            int n = sys::epoll_pwait2(fd_, events, max, left.count() < 0 ? nullptr : &ts);
+            if (n >= 0 || errno != ENOSYS)
+                return n;
+            pwait2_ = false;
+        }
+        int ms = -1;
+        if (left.count() >= 0) {
+            auto up = std::chrono::ceil<std::chrono::milliseconds>(left).count();
+            ms = static_cast<int>(std::min<decltype(up)>(up, std::numeric_limits<int>::max()));
+        }
+        return sys::epoll_wait(fd_, events, max, ms);
+    }
+
     int ctl(int op, int fd, unsigned events, bool oneshot) noexcept {
         epoll_event ev{};
         ev.events = ((events & READ) ? EPOLLIN | EPOLLRDHUP : 0u) |
@@ -104,6 +121,7 @@ private:
         return ::epoll_ctl(fd_, op, fd, &ev) == 0 ? 0 : errno;
     }
     int fd_;
+    bool pwait2_ = true; // until the kernel says ENOSYS
 };
 
 /// Makes the Poller of each new loop; tests replace it to inject failures.

@@ -33,6 +33,7 @@ enum class Call {
     send,
     accept,
     epoll_create,
+    epoll_pwait2,
     epoll_wait,
     eventfd,
     pipe,
@@ -108,9 +109,15 @@ inline int epoll_create1(int flags) noexcept {
 }
 inline int epoll_pwait2(int fd, epoll_event* events, int max, const timespec* timeout) noexcept {
     std::size_t none = 0;
-    if (int e = fault(Call::epoll_wait, fd, none))
+    if (int e = fault(Call::epoll_pwait2, fd, none))
         return failed(e);
     return ::epoll_pwait2(fd, events, max, timeout, nullptr);
+}
+inline int epoll_wait(int fd, epoll_event* events, int max, int timeout_ms) noexcept {
+    std::size_t none = 0;
+    if (int e = fault(Call::epoll_wait, fd, none))
+        return failed(e);
+    return ::epoll_wait(fd, events, max, timeout_ms);
 }
 inline int eventfd(unsigned initial, int flags) noexcept {
     std::size_t none = 0;
