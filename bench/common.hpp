@@ -32,10 +32,7 @@
 #else
 #define CALLGRIND_START_INSTRUMENTATION
 #define CALLGRIND_STOP_INSTRUMENTATION
-#define RUNNING_ON_VALGRIND 0
 #endif
-
-#include <xiio/loop.hpp>
 
 #include <cerrno>
 #include <sys/epoll.h>
@@ -45,10 +42,9 @@ namespace bench {
 using Clock = std::chrono::steady_clock;
 
 // ---- valgrind 3.19 (Debian 12) does not know epoll_pwait2 (ENOSYS) ------------------------
-// xiio's EpollPoller and the raw loops use it for nanosecond timeouts. Under valgrind only,
-// the raw loops fall back to epoll_wait (timeout rounded up to ms) and xiio gets a Poller
-// that does the same, through the Poller seam (detail::poller_factory). The instructions
-// counted differ from the native path only in that timeout conversion.
+// The raw loops use it for nanosecond timeouts, as xiio's EpollPoller does; where it is
+// missing both fall back to epoll_wait with the timeout rounded up to whole milliseconds
+// (xiio does that itself), so the benchmarks run under callgrind.
 
 /// epoll_pwait2, or epoll_wait with the timeout rounded up where it is missing.
 inline int epoll_wait_ns(int ep, epoll_event* events, int max, const timespec* timeout) {
@@ -65,71 +61,6 @@ inline int epoll_wait_ns(int ep, epoll_event* events, int max, const timespec* t
             std::min<long long>(timeout->tv_sec * 1000LL + (timeout->tv_nsec + 999'999) / 1'000'000,
                                 std::numeric_limits<int>::max()));
     return ::epoll_wait(ep, events, max, ms);
-}
-
-/// xiio's EpollPoller with epoll_wait_ns as its waiting step.
-class CompatPoller final : public xiio::detail::Poller {
-public:
-    CompatPoller() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
-        if (fd_ < 0)
-            xiio::detail::throw_errno("epoll_create1");
-    }
-    ~CompatPoller() override { ::close(fd_); }
-    CompatPoller(const CompatPoller&) = delete;
-    CompatPoller& operator=(const CompatPoller&) = delete;
-    int add(int fd, unsigned events, bool oneshot) override {
-        int err = ctl(EPOLL_CTL_ADD, fd, events, oneshot);
-        return err == EEXIST ? ctl(EPOLL_CTL_MOD, fd, events, oneshot) : err;
-    }
-    int modify(int fd, unsigned events, bool oneshot) override {
-        int err = ctl(EPOLL_CTL_MOD, fd, events, oneshot);
-        return err == ENOENT ? ctl(EPOLL_CTL_ADD, fd, events, oneshot) : err;
-    }
-    void remove(int fd) noexcept override { ::epoll_ctl(fd_, EPOLL_CTL_DEL, fd, nullptr); }
-    void wait(xiio::Clock::time_point deadline,
-              std::vector<xiio::detail::PollEvent>& ready) override {
-        epoll_event events[256];
-        int n;
-        do {
-            timespec ts{}, *timeout = nullptr;
-            if (deadline != xiio::Clock::time_point::max()) {
-                auto now = xiio::Clock::now();
-                auto ns = deadline > now
-                              ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now).count()
-                              : 0;
-                ts = {static_cast<time_t>(ns / 1'000'000'000),
-                      static_cast<long>(ns % 1'000'000'000)};
-                timeout = &ts;
-            }
-            n = epoll_wait_ns(fd_, events, 256, timeout);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0)
-            xiio::detail::throw_errno("epoll_wait");
-        for (int i = 0; i < n; ++i) {
-            unsigned e = events[i].events, r = 0;
-            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                r |= xiio::READ;
-            if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                r |= xiio::WRITE;
-            ready.push_back({events[i].data.fd, r});
-        }
-    }
-
-private:
-    int ctl(int op, int fd, unsigned events, bool oneshot) noexcept {
-        epoll_event ev{};
-        ev.events = ((events & xiio::READ) ? EPOLLIN | EPOLLRDHUP : 0u) |
-                    ((events & xiio::WRITE) ? EPOLLOUT : 0u) | (oneshot ? EPOLLONESHOT : 0u);
-        ev.data.fd = fd;
-        return ::epoll_ctl(fd_, op, fd, &ev) == 0 ? 0 : errno;
-    }
-    int fd_;
-};
-
-/// Under valgrind: xiio loops of this thread use CompatPoller (call at the start of main).
-inline void valgrind_compat() {
-    if (RUNNING_ON_VALGRIND)
-        xiio::detail::poller_factory() = [] { return std::make_unique<CompatPoller>(); };
 }
 
 struct Args {
@@ -149,7 +80,6 @@ struct Args {
 
 /// `--n N --runs R --impl I --case C`, plus any `--key value` for get().
 inline Args parse(int argc, char** argv, long default_n) {
-    valgrind_compat(); // every benchmark parses its arguments first
     Args a;
     a.n = default_n;
     for (int i = 1; i < argc; i += 2) {
@@ -254,7 +184,8 @@ void measure(const Args& a, std::string_view workload, std::string_view case_nam
 }
 
 /// Throws unless `ok`: every benchmark checks that all its work was really done.
-inline void check(bool ok, const std::string& what) {
+/// Takes a C string: a std::string parameter would be built on every call, in the loop.
+inline void check(bool ok, const char* what) {
     if (!ok)
         throw std::runtime_error(what);
 }
