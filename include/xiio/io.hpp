@@ -19,6 +19,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace xiio {
@@ -177,8 +178,10 @@ public:
         Loop& loop = *w_.runner->loop;
         if constexpr (is_io()) {
             blocking_ = !nonblocking(ref_, loop);
-            if (!blocking_ && attempt())
+            if (!blocking_ && attempt()) {
+                w_.runner = nullptr; // nothing registered: end_wait has nothing to undo
                 return false;
+            }
         }
         this->wait = &w_;
         this->fd = ref_.fd;
@@ -189,6 +192,7 @@ public:
         if (!loop.attach(*this, ref_.state)) { // a regular file: always ready
             if constexpr (is_io())
                 attempt();
+            w_.runner = nullptr;
             return false;
         }
         loop.suspend(*w_.runner, w_, h);
@@ -280,6 +284,68 @@ private:
     ConstBytes data_;
 };
 
+/// read_exactly and writeall without a coroutine frame: one leaf that moves bytes until
+/// the whole buffer is done, waiting (in the same Wait) whenever the fd runs dry. Each
+/// call() continues where the last stopped; partial progress answers EAGAIN, which keeps
+/// the task waiting. A blocking int fd gets one syscall per readiness report.
+class ReadExactlyOp : public FdOp<ReadExactlyOp, void, READ> {
+public:
+    ReadExactlyOp(FdRef fd, MutableBytes buf) noexcept : FdOp(fd), buf_(buf) {}
+    ReadExactlyOp(ReadExactlyOp&& o) noexcept : FdOp(std::move(o)), buf_(o.buf_) {}
+    ssize_t call() noexcept {
+        while (got_ < buf_.size) {
+            ssize_t r = sys::read(ref_.fd, buf_.data + got_, buf_.size - got_);
+            if (r <= 0) {
+                eof_ = r == 0;
+                return r;
+            }
+            got_ += static_cast<std::size_t>(r);
+            if (blocking_ && got_ < buf_.size)
+                return sys::failed(EAGAIN); // the next read could block: wait for readiness
+        }
+        return static_cast<ssize_t>(got_);
+    }
+    void await_resume() {
+        finish("read");
+        if (eof_)
+            throw IncompleteReadError(got_, buf_.size);
+    }
+
+private:
+    MutableBytes buf_;
+    std::size_t got_ = 0;
+    bool eof_ = false;
+};
+
+/// writeall (write) and Socket::send_all (send with MSG_NOSIGNAL).
+class WriteAllOp : public FdOp<WriteAllOp, void, WRITE> {
+public:
+    WriteAllOp(FdRef fd, ConstBytes data, bool send) noexcept
+        : FdOp(fd), data_(data), send_(send) {}
+    WriteAllOp(WriteAllOp&& o) noexcept : FdOp(std::move(o)), data_(o.data_), send_(o.send_) {}
+    ssize_t call() noexcept {
+        while (done_ < data_.size) {
+            std::size_t n = data_.size - done_;
+            if (blocking_) // a ready blocking pipe takes PIPE_BUF bytes without blocking
+                n = std::min<std::size_t>(n, PIPE_BUF);
+            ssize_t r = send_ ? sys::send(ref_.fd, data_.data + done_, n, MSG_NOSIGNAL)
+                              : sys::write(ref_.fd, data_.data + done_, n);
+            if (r < 0)
+                return r;
+            done_ += static_cast<std::size_t>(r);
+            if (blocking_ && done_ < data_.size)
+                return sys::failed(EAGAIN);
+        }
+        return static_cast<ssize_t>(done_);
+    }
+    void await_resume() { finish(send_ ? "send" : "write"); }
+
+private:
+    ConstBytes data_;
+    std::size_t done_ = 0;
+    bool send_;
+};
+
 template <unsigned Ev>
 class WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
 public:
@@ -312,21 +378,15 @@ inline detail::WriteOp write(detail::FdRef fd, detail::ConstBytes data) {
 }
 
 /// Fills `buffer`, or throws IncompleteReadError (with the bytes read so far) at EOF.
-inline Task<void> read_exactly(detail::FdRef fd, detail::MutableBytes buffer) {
-    std::size_t got = 0;
-    while (got < buffer.size) {
-        std::size_t n = co_await read(fd, std::span<char>(buffer.data + got, buffer.size - got));
-        if (n == 0)
-            throw IncompleteReadError(got, buffer.size);
-        got += n;
-    }
+/// A light awaitable (no coroutine frame); converts to Task<void>.
+inline detail::ReadExactlyOp read_exactly(detail::FdRef fd, detail::MutableBytes buffer) {
+    return detail::ReadExactlyOp(fd, buffer);
 }
 
-/// Writes all of `data` (as many write() calls as it takes).
-inline Task<void> writeall(detail::FdRef fd, detail::ConstBytes data) {
-    std::size_t done = 0;
-    while (done < data.size)
-        done += co_await write(fd, std::string_view(data.data + done, data.size - done));
+/// Writes all of `data` (as many write() calls as it takes). A light awaitable (no
+/// coroutine frame); converts to Task<void>.
+inline detail::WriteAllOp writeall(detail::FdRef fd, detail::ConstBytes data) {
+    return detail::WriteAllOp(fd, data, false);
 }
 
 } // namespace xiio

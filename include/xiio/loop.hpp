@@ -402,8 +402,10 @@ public:
     std::shared_ptr<RemoteQueue> remote() {
         if (!remote_) {
             auto q = std::make_shared<RemoteQueue>();
-            if (int err = poller_->add(q->fd(), READ, false))
-                throw_errno("epoll_ctl", err);
+            remote_edge_ = poller_->add_wakeup(q->fd());
+            if (!remote_edge_)
+                if (int err = poller_->add(q->fd(), READ, false))
+                    throw_errno("epoll_ctl", err);
             count(Counter::registrations, 1);
             remote_ = std::move(q);
         }
@@ -501,8 +503,10 @@ private:
 
     void dispatch(const PollEvent& ev) noexcept { // remote callbacks must not throw
         if (remote_ && ev.fd == remote_->fd()) {
-            for (auto& fn : remote_->take())
+            remote_->take(remote_batch_, !remote_edge_);
+            for (auto& fn : remote_batch_)
                 fn();
+            remote_batch_.clear();
             return;
         }
         if (ev.fd < 0 || static_cast<std::size_t>(ev.fd) >= fds_.size())
@@ -607,6 +611,8 @@ private:
     Runner* runners_ = nullptr;
     std::vector<std::coroutine_handle<>> graveyard_;
     std::shared_ptr<RemoteQueue> remote_;
+    bool remote_edge_ = false; // its eventfd is edge-triggered: never read back
+    std::vector<std::function<void()>> remote_batch_;
 };
 
 inline Runner::Runner(Loop& l) noexcept : loop(&l) {

@@ -145,11 +145,9 @@ public:
     }
     /// One successful send(): the number of bytes sent (maybe fewer than given).
     detail::SendOp send(std::string_view data) const noexcept { return detail::SendOp(fd_, data); }
-    /// Sends all of `data`.
-    Task<void> send_all(std::string_view data) const {
-        std::size_t done = 0;
-        while (done < data.size())
-            done += co_await send(data.substr(done));
+    /// Sends all of `data` (a light awaitable, like writeall; converts to Task<void>).
+    detail::WriteAllOp send_all(std::string_view data) const noexcept {
+        return detail::WriteAllOp(fd_, data, true);
     }
     /// Half-closes: the peer reads end of stream; later sends throw EPIPE.
     void shutdown_write() {

@@ -232,14 +232,15 @@ public:
     /// value, or rethrows its exception, in the awaiting task, on the loop's thread. Nothing
     /// is submitted until the task is awaited. Cancelling the awaiting task returns at once:
     /// the job runs on (a thread cannot be stopped) and its result is discarded.
+    /// A light awaitable (no coroutine frame), which converts to Task<R>.
     template <class F, class... Args>
         requires std::invocable<F&, Args&...>
-    Task<detail::job_result_t<F, Args...>> run(F f, Args... args) {
+    detail::JobAwaiter<detail::job_result_t<F, Args...>> run(F f, Args... args) {
         using R = detail::job_result_t<F, Args...>;
         static_assert(std::is_void_v<R> || std::is_move_constructible_v<R>,
                       "xiio::ThreadPool::run: the result must be movable");
         auto job = std::make_shared<detail::Job<R, F, Args...>>(std::move(f), std::move(args)...);
-        return detail::wrap<R>(detail::JobAwaiter<R>(*this, std::move(job)));
+        return detail::JobAwaiter<R>(*this, std::move(job));
     }
 
 private:
@@ -259,7 +260,11 @@ private:
                 }
             }
         }
-        if (idle_ > 0)
+        bool wake = idle_ > 0;
+        lock.unlock();
+        // Notified unlocked: a worker woken while we still hold the mutex would only block
+        // on it again (a futex round trip on the latency of every offload).
+        if (wake)
             cv_.notify_one();
     }
 
@@ -327,7 +332,7 @@ inline ThreadPool& default_thread_pool() {
 /// lambda first: `auto job = [s] { ... }; co_await xiio::in_thread(job);`.
 template <class F, class... Args>
     requires std::invocable<F&, Args&...>
-Task<detail::job_result_t<F, Args...>> in_thread(F f, Args... args) {
+detail::JobAwaiter<detail::job_result_t<F, Args...>> in_thread(F f, Args... args) {
     return detail::default_thread_pool().run(std::move(f), std::move(args)...);
 }
 

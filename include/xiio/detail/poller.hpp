@@ -39,6 +39,10 @@ public:
     virtual int add(int fd, unsigned events, bool oneshot) = 0;
     virtual int modify(int fd, unsigned events, bool oneshot) = 0;
     virtual void remove(int fd) noexcept = 0;
+    /// Registers a wake-up eventfd edge-triggered, if this poller can: every write to it
+    /// is then reported once, and the loop need not read it back (one syscall less per
+    /// wake-up). Returns false if not supported: the fd is then added level-triggered.
+    virtual bool add_wakeup(int) { return false; }
     /// Blocks until an fd is ready or `deadline` passes (min(): do not block, max(): no
     /// deadline) and appends what is ready to `ready`. Throws on failure.
     virtual void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) = 0;
@@ -65,6 +69,14 @@ public:
         return err == ENOENT ? ctl(EPOLL_CTL_ADD, fd, events, oneshot) : err;
     }
     void remove(int fd) noexcept override { ::epoll_ctl(fd_, EPOLL_CTL_DEL, fd, nullptr); }
+    bool add_wakeup(int fd) override {
+        // An eventfd wakes its epoll waiters on every write, so with EPOLLET each write is
+        // one event, whatever the counter holds; the counter itself never matters.
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLET;
+        ev.data.fd = fd;
+        return ::epoll_ctl(fd_, EPOLL_CTL_ADD, fd, &ev) == 0;
+    }
 
     void wait(Clock::time_point deadline, std::vector<PollEvent>& ready) override {
         epoll_event events[256];

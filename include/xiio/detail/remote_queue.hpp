@@ -46,12 +46,16 @@ public:
         }
         return true;
     }
-    /// On the loop's thread: everything posted so far.
-    std::vector<std::function<void()>> take() {
-        std::uint64_t count;
-        [[maybe_unused]] auto n = sys::read(fd_, &count, sizeof count);
+    /// On the loop's thread: swaps everything posted so far into `batch` (empty, its
+    /// capacity kept from earlier batches, so steady traffic allocates no vectors). The
+    /// eventfd is read back only if it is registered level-triggered (`drain`).
+    void take(std::vector<std::function<void()>>& batch, bool drain) {
+        if (drain) {
+            std::uint64_t count;
+            [[maybe_unused]] auto n = sys::read(fd_, &count, sizeof count);
+        }
         std::unique_lock lock(mutex_);
-        return std::exchange(items_, {});
+        items_.swap(batch);
     }
     /// The loop is going away: later posts are dropped, and the eventfd is closed now, on
     /// the loop's thread (not by whichever worker drops the last reference, later).
