@@ -568,34 +568,47 @@ private:
                 throw_in(*r, e);
     }
 
-    bool earlier(std::size_t a, std::size_t b) const noexcept {
-        const Wait* x = heap_[a];
-        const Wait* y = heap_[b];
+    // The timer heap is 4-ary (half the depth of a binary one: fewer cache misses on the
+    // back-indices, which every move updates) and sifts by moving a hole, writing each
+    // moved wait once instead of swapping.
+    static constexpr std::size_t arity = 4;
+
+    static bool earlier(const Wait* x, const Wait* y) noexcept {
         return x->deadline < y->deadline || (x->deadline == y->deadline && x->seq < y->seq);
     }
-    void swap_nodes(std::size_t a, std::size_t b) noexcept {
-        std::swap(heap_[a], heap_[b]);
-        heap_[a]->heap_index = a;
-        heap_[b]->heap_index = b;
+    void place(std::size_t i, Wait* w) noexcept {
+        heap_[i] = w;
+        w->heap_index = i;
     }
     void sift_up(std::size_t i) noexcept {
-        while (i > 0 && earlier(i, (i - 1) / 2)) {
-            swap_nodes(i, (i - 1) / 2);
-            i = (i - 1) / 2;
+        Wait* w = heap_[i];
+        while (i > 0) {
+            std::size_t parent = (i - 1) / arity;
+            if (!earlier(w, heap_[parent]))
+                break;
+            place(i, heap_[parent]);
+            i = parent;
         }
+        place(i, w);
     }
     void sift_down(std::size_t i) noexcept {
+        Wait* w = heap_[i];
+        const std::size_t n = heap_.size();
         for (;;) {
-            std::size_t l = 2 * i + 1, m = i;
-            if (l < heap_.size() && earlier(l, m))
-                m = l;
-            if (l + 1 < heap_.size() && earlier(l + 1, m))
-                m = l + 1;
-            if (m == i)
-                return;
-            swap_nodes(i, m);
-            i = m;
+            std::size_t first = i * arity + 1;
+            if (first >= n)
+                break;
+            std::size_t best = first;
+            std::size_t end = std::min(first + arity, n);
+            for (std::size_t c = first + 1; c < end; ++c)
+                if (earlier(heap_[c], heap_[best]))
+                    best = c;
+            if (!earlier(heap_[best], w))
+                break;
+            place(i, heap_[best]);
+            i = best;
         }
+        place(i, w);
     }
 
     std::unique_ptr<Poller> poller_;
