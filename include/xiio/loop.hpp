@@ -35,6 +35,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 namespace xiio {
@@ -502,13 +503,8 @@ private:
     }
 
     void dispatch(const PollEvent& ev) noexcept { // remote callbacks must not throw
-        if (remote_ && ev.fd == remote_->fd()) {
-            remote_->take(remote_batch_, !remote_edge_);
-            for (auto& fn : remote_batch_)
-                fn();
-            remote_batch_.clear();
-            return;
-        }
+        if (remote_ && ev.fd == remote_->fd())
+            return run_remote();
         if (ev.fd < 0 || static_cast<std::size_t>(ev.fd) >= fds_.size())
             return;
         FdEntry& e = fds_[static_cast<std::size_t>(ev.fd)];
@@ -549,13 +545,52 @@ private:
 
     void poll() {
         Clock::time_point deadline = next_deadline();
+        if (remote_ && deadline != Clock::time_point::min()) {
+            if (keepalive_ > 0)
+                spin_for_remote(deadline);
+            if (!remote_->prepare_sleep())
+                deadline = Clock::time_point::min(); // completions are queued: do not block
+        }
         events_.clear();
-        try {
-            poller_->wait(deadline, events_);
-        } catch (...) {
-            return fail_all(std::current_exception());
+        // Work is ready and no task waits for an fd: asking epoll could not wake anybody.
+        if (deadline != Clock::time_point::min() || fd_waiters_ != 0) {
+            try {
+                poller_->wait(deadline, events_);
+            } catch (...) {
+                if (remote_)
+                    remote_->awake();
+                return fail_all(std::current_exception());
+            }
+        }
+        if (remote_) {
+            remote_->awake();
+            if (remote_->pending()) // posted while awake: nothing was written
+                run_remote();
         }
         deliver(events_);
+    }
+
+    /// Jobs are out on other threads and nothing else is ready: a short job (the common
+    /// offload) completes within microseconds, so watch the queue for a moment before
+    /// paying for a sleep in epoll and the worker for an eventfd write. Bounded by
+    /// `spin_budget` and the next deadline; fds ready meanwhile wait that long at most.
+    void spin_for_remote(Clock::time_point deadline) noexcept {
+        constexpr auto spin_budget = std::chrono::microseconds(10);
+        auto until = std::min(deadline, Clock::now() + spin_budget);
+        for (unsigned i = 1; !remote_->pending(); ++i) {
+            // Yield, not pause: on a busy machine the thread we wait for may need
+            // this very CPU (a pause-spin would keep it off for the whole budget).
+            ::sched_yield();
+            if (i % 8 == 0 && Clock::now() >= until)
+                return;
+        }
+    }
+
+    void run_remote() noexcept { // remote callbacks must not throw
+        remote_->take(remote_batch_, !remote_edge_);
+        for (auto& fn : remote_batch_)
+            fn();
+        remote_batch_.clear();
     }
 
     /// The waiting step failed: throw the error into every task (at its current co_await,

@@ -25,6 +25,8 @@
 #include <xiio/core.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -42,6 +44,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 
 namespace xiio {
@@ -260,7 +263,8 @@ private:
                 }
             }
         }
-        bool wake = idle_ > 0;
+        queued_.store(queue_.size(), std::memory_order_release);
+        bool wake = sleeping_ > 0 && queue_.size() > idle_ - sleeping_; // spinners take it
         lock.unlock();
         // Notified unlocked: a worker woken while we still hold the mutex would only block
         // on it again (a futex round trip on the latency of every offload).
@@ -287,13 +291,18 @@ private:
         for (;;) {
             while (queue_.empty() && !stopping_) {
                 ++idle_;
-                cv_.wait(lock);
+                if (!spin(lock)) {
+                    ++sleeping_;
+                    cv_.wait(lock);
+                    --sleeping_;
+                }
                 --idle_;
             }
             if (queue_.empty())
                 return; // stopping, and every queued job ran
             auto job = std::move(queue_.front());
             queue_.pop_front();
+            queued_.store(queue_.size(), std::memory_order_relaxed);
             lock.unlock();
             job->execute();
             job.reset(); // may destroy the job here, unlocked
@@ -301,12 +310,38 @@ private:
         }
     }
 
+    /// An idle worker watches the queue for a moment before it sleeps: a task offloading
+    /// one short job after another (the common pattern) then hands each over without a
+    /// futex wake-up, which costs more than the job. Bounded by `spin_budget`, after each
+    /// job only. True if a job (or the stop) came meanwhile; the lock is held again.
+    bool spin(std::unique_lock<std::mutex>& lock) {
+        constexpr auto spin_budget = std::chrono::microseconds(20);
+        lock.unlock();
+        auto until = std::chrono::steady_clock::now() + spin_budget;
+        bool got = false;
+        for (unsigned i = 1;; ++i) {
+            if (queued_.load(std::memory_order_acquire) > 0) {
+                got = true;
+                break;
+            }
+            // Yield, not pause: on a busy machine the thread we wait for may need
+            // this very CPU (a pause-spin would keep it off for the whole budget).
+            ::sched_yield();
+            if (i % 8 == 0 && std::chrono::steady_clock::now() >= until)
+                break;
+        }
+        lock.lock();
+        return got ? true : (!queue_.empty() || stopping_);
+    }
+
     std::size_t max_;
     std::mutex mutex_;
     std::condition_variable cv_;
     std::deque<std::shared_ptr<detail::JobBase>> queue_;
     std::vector<std::thread> threads_;
-    std::size_t idle_ = 0; // workers blocked waiting for a job
+    std::size_t idle_ = 0;               // workers without a job: spinning or sleeping
+    std::size_t sleeping_ = 0;           // of those, blocked on cv_ (only they need a notify)
+    std::atomic<std::size_t> queued_{0}; // queue_.size(), for spinners to watch unlocked
     bool stopping_ = false;
 };
 

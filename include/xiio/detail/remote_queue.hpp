@@ -4,6 +4,7 @@
 #include <xiio/detail/sys.hpp>
 #include <xiio/errors.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -17,8 +18,13 @@ namespace xiio::detail {
 
 /// Callbacks other threads hand to a loop (a thread pool's completions). The loop owns
 /// one while it lives; a poster keeps it alive through a shared_ptr, so a worker that
-/// finishes after the loop is gone finds it closed and drops its callback. Posting the
-/// first callback of a batch writes the eventfd that wakes the loop: no polling.
+/// finishes after the loop is gone finds it closed and drops its callback.
+///
+/// Waking the loop costs an eventfd write here and an epoll wake-up there, so a poster
+/// writes only when the loop may be asleep: `sleeping_` says so. A loop that drives its
+/// own poll (Loop::poll) clears it while awake and checks pending() before it blocks
+/// (prepare_sleep, under the mutex, so no post falls between the check and the sleep).
+/// Under a host loop (Asio) `sleeping_` stays true and the first post of a batch writes.
 class RemoteQueue {
 public:
     RemoteQueue() : fd_(sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
@@ -37,18 +43,40 @@ public:
         std::unique_lock lock(mutex_);
         if (closed_)
             return false;
-        bool first = items_.empty();
         items_.push_back(std::move(fn));
-        if (first) {
+        pending_.store(true, std::memory_order_release);
+        if (sleeping_ && !signalled_) {
+            signalled_ = true;
             std::uint64_t one = 1;
             // Fails only if the counter would overflow: it is then nonzero anyway.
             [[maybe_unused]] auto n = sys::write(fd_, &one, sizeof one);
         }
         return true;
     }
-    /// On the loop's thread: swaps everything posted so far into `batch` (empty, its
-    /// capacity kept from earlier batches, so steady traffic allocates no vectors). The
-    /// eventfd is read back only if it is registered level-triggered (`drain`).
+
+    // ---- the loop's thread ---------------------------------------------------------
+
+    /// Something was posted and not taken yet (a hint: take() decides).
+    bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
+
+    /// Before blocking: false if something is queued (do not block), else posts from now
+    /// on write the eventfd.
+    bool prepare_sleep() {
+        std::unique_lock lock(mutex_);
+        if (!items_.empty())
+            return false;
+        sleeping_ = true;
+        return true;
+    }
+    /// After blocking: posts go unsignalled again until the next prepare_sleep().
+    void awake() {
+        std::unique_lock lock(mutex_);
+        sleeping_ = false;
+    }
+
+    /// Swaps everything posted so far into `batch` (empty, its capacity kept from earlier
+    /// batches, so steady traffic allocates no vectors). The eventfd is read back only if
+    /// it is registered level-triggered (`drain`).
     void take(std::vector<std::function<void()>>& batch, bool drain) {
         if (drain) {
             std::uint64_t count;
@@ -56,6 +84,8 @@ public:
         }
         std::unique_lock lock(mutex_);
         items_.swap(batch);
+        pending_.store(false, std::memory_order_relaxed);
+        signalled_ = false;
     }
     /// The loop is going away: later posts are dropped, and the eventfd is closed now, on
     /// the loop's thread (not by whichever worker drops the last reference, later).
@@ -71,6 +101,9 @@ private:
     int fd_;
     std::mutex mutex_;
     std::vector<std::function<void()>> items_;
+    std::atomic<bool> pending_{false};
+    bool sleeping_ = true;   // the loop may be blocked: a post must write the eventfd
+    bool signalled_ = false; // written since the last take(): no need to write again
     bool closed_ = false;
 };
 
