@@ -144,6 +144,11 @@ public:
         enter(*m, m);
         m->started_ = false;
         loop_->schedule(m.get());
+        // The group is being torn down by a cancellation from outside, which cancels
+        // everything the cancelled task runs, members it adds from now on included (they
+        // never start). Only the group's own cancel() lets later members run.
+        if (outside_)
+            loop_->throw_in(*m, std::make_exception_ptr(CancelledError{}));
         return TaskHandle<T>(std::move(m));
     }
     /// add_task() for a light awaitable (`tg.add_task(sleep(1s))`).
@@ -328,6 +333,10 @@ Task<R> run_group(Body body) {
     if constexpr (std::is_void_v<R>) {
         co_return;
     } else {
+        // An error of the body that got here was raised after cancel() and dropped: like a
+        // cancelled body, it has no value.
+        if (b->error_)
+            throw CancelledError{};
         co_return b->result(); // CancelledError if the body was cancelled (no value)
     }
 }
@@ -430,11 +439,19 @@ run_with_deadline(Clock::time_point deadline, B body) {
             }
         };
         tg.add_task(timer(tg, deadline, expired, finished));
-        if constexpr (std::is_void_v<R>) {
-            co_await make_body(body);
-            value.emplace();
-        } else {
-            value.emplace(co_await make_body(body));
+        try {
+            if constexpr (std::is_void_v<R>) {
+                co_await make_body(body);
+                value.emplace();
+            } else {
+                value.emplace(co_await make_body(body));
+            }
+        } catch (const CancelledError&) {
+            // Not an error of the group, so it would not stop the timer: a body that ends
+            // with a CancelledError of its own must not wait for the deadline.
+            finished = true;
+            tg.cancel();
+            throw;
         }
         finished = true;
         tg.cancel(); // stops the timer; the body gets no cancellation: it awaits no more
