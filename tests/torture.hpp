@@ -153,23 +153,23 @@ struct Config {
     bool pipes = true;
     bool inject = true;      // EINTR / EAGAIN / short reads and writes on the trees' pipes
     int watchdog_ms = 20000; // a tree that does not settle is reported as a hang
-    // Known xiio bug (test "task_group<R> rethrows an error the body raised after cancel()"):
+    // Was an xiio bug (test "task_group<R> drops an error the body raised after cancel()"):
     // a body whose awaited step turns its cancellation into an error after tg.cancel()
-    // makes task_group<R> throw that error instead of CancelledError. While true, groups
-    // with a cancel node do not generate such steps. Set to false once xiio is fixed.
-    bool avoid_body_error_after_cancel = true;
-    // Known xiio bug (test "timeout and move_on_after wait for the deadline when the body
-    // throws CancelledError itself"): the timer member is not stopped, so the timeout waits
-    // for its deadline and then reports a timeout. While true, cancel nodes under a timeout
-    // that does not expire become plain leaves. Set to false once xiio is fixed.
-    bool avoid_timeout_body_cancelled = true;
-    // Known xiio bug (test "a member added after the group was cancelled from outside is not
-    // cancelled"): a group body that is woken but not yet resumed when an outside
-    // cancellation comes adds members that are never cancelled, and the outside
-    // cancellation waits for them (a hang if they wait for a later tick). Only an expiring
-    // timeout cancels a body in the middle of its work; while true, the groups under one
-    // add all their members before their first co_await. Set to false once xiio is fixed.
-    bool avoid_late_member_after_outside_cancel = true;
+    // made task_group<R> throw that error instead of CancelledError. While true, groups
+    // with a cancel node do not generate such steps. Fixed: false.
+    bool avoid_body_error_after_cancel = false;
+    // Was an xiio bug (test "timeout and move_on_after rethrow at once a CancelledError the
+    // body threw itself"): the timer member was not stopped, so the timeout waited for its
+    // deadline and then reported a timeout. While true, cancel nodes under a timeout that
+    // does not expire become plain leaves. Fixed: false.
+    bool avoid_timeout_body_cancelled = false;
+    // Was an xiio bug (test "a member added after the group was cancelled from outside never
+    // starts"): a group body that is woken but not yet resumed when an outside
+    // cancellation comes added members that were never cancelled, and the outside
+    // cancellation waited for them (a hang if they waited for a later tick). While true,
+    // the groups under an expiring timeout add all their members before their first
+    // co_await. Fixed: false.
+    bool avoid_late_member_after_outside_cancel = false;
 };
 
 // ---- the generator -----------------------------------------------------------------------
