@@ -398,6 +398,11 @@ public:
     /// any exists, a loop in which every task waits for a future is not a deadlock.
     void keepalive(int delta) noexcept { keepalive_ += delta; }
 
+    /// A job was handed to another thread now: its completion is worth watching for a
+    /// moment before the loop sleeps (see spin_for_remote).
+    void expect_remote() noexcept { spin_until_ = Clock::now() + remote_spin; }
+    static constexpr auto remote_spin = std::chrono::microseconds(10);
+
     /// The queue through which other threads run callbacks on this loop's thread; its
     /// eventfd is registered on first use.
     std::shared_ptr<RemoteQueue> remote() {
@@ -546,7 +551,7 @@ private:
     void poll() {
         Clock::time_point deadline = next_deadline();
         if (remote_ && deadline != Clock::time_point::min()) {
-            if (keepalive_ > 0)
+            if (keepalive_ > 0 && spin_until_ != Clock::time_point{})
                 spin_for_remote(deadline);
             if (!remote_->prepare_sleep())
                 deadline = Clock::time_point::min(); // completions are queued: do not block
@@ -570,16 +575,16 @@ private:
         deliver(events_);
     }
 
-    /// Jobs are out on other threads and nothing else is ready: a short job (the common
-    /// offload) completes within microseconds, so watch the queue for a moment before
-    /// paying for a sleep in epoll and the worker for an eventfd write. Bounded by
-    /// `spin_budget` and the next deadline; fds ready meanwhile wait that long at most.
+    /// A job was just handed to another thread and nothing else is ready: a short job
+    /// (the common offload) completes within microseconds, so watch the queue for a moment
+    /// before paying for a sleep in epoll and the worker for an eventfd write. Once per job
+    /// (expect_remote()): a long job costs at most `remote_spin` of watching, not that much
+    /// per loop iteration. Bounded by the next deadline too; fds that become ready
+    /// meanwhile wait that long at most. Yields while watching, not pause: on a busy
+    /// machine the worker may need this very CPU.
     void spin_for_remote(Clock::time_point deadline) noexcept {
-        constexpr auto spin_budget = std::chrono::microseconds(10);
-        auto until = std::min(deadline, Clock::now() + spin_budget);
+        auto until = std::min(deadline, std::exchange(spin_until_, Clock::time_point{}));
         for (unsigned i = 1; !remote_->pending(); ++i) {
-            // Yield, not pause: on a busy machine the thread we wait for may need
-            // this very CPU (a pause-spin would keep it off for the whole budget).
             ::sched_yield();
             if (i % 8 == 0 && Clock::now() >= until)
                 return;
@@ -659,7 +664,8 @@ private:
     Runner* runners_ = nullptr;
     std::vector<std::coroutine_handle<>> graveyard_;
     std::shared_ptr<RemoteQueue> remote_;
-    bool remote_edge_ = false; // its eventfd is edge-triggered: never read back
+    bool remote_edge_ = false;       // its eventfd is edge-triggered: never read back
+    Clock::time_point spin_until_{}; // watch remote_ until then (once), if it is set
     std::vector<std::function<void()>> remote_batch_;
 };
 

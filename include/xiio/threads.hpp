@@ -170,6 +170,7 @@ public:
         job_->loop_ = &loop;
         job_->wait_ = &w_;
         loop.keepalive(+1);
+        loop.expect_remote();
         loop.suspend(*w_.runner, w_, h);
         return true;
     }
