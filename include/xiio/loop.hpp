@@ -245,6 +245,13 @@ public:
     /// registration that lasts as long as the Fd. Returns false if the fd cannot be
     /// watched (a regular file): it counts as ready at once and `n` is not attached.
     bool attach(FdNode& n, FdState* owner) {
+        if (owner && owner->loop == this) { // the fast path: an Fd registered here already
+            FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
+            if ((e.armed & n.events) == n.events) {
+                link(e, n);
+                return true;
+            }
+        }
         if (n.fd < 0)
             throw_errno("epoll_ctl", EBADF);
         if (static_cast<std::size_t>(n.fd) >= fds_.size())
@@ -258,14 +265,7 @@ public:
             e.owner = owner;
             convert = e.registered;
         }
-        n.ready = 0;
-        n.next = e.head;
-        n.prev = nullptr;
-        if (e.head)
-            e.head->prev = &n;
-        e.head = &n;
-        n.attached = true;
-        ++fd_waiters_;
+        link(e, n);
         try {
             unsigned want = wanted(e);
             if (!e.registered) {
@@ -477,6 +477,17 @@ private:
         return w;
     }
 
+    void link(FdEntry& e, FdNode& n) noexcept {
+        n.ready = 0;
+        n.next = e.head;
+        n.prev = nullptr;
+        if (e.head)
+            e.head->prev = &n;
+        e.head = &n;
+        n.attached = true;
+        ++fd_waiters_;
+    }
+
     void unlink(FdEntry& e, FdNode& n) noexcept {
         (n.prev ? n.prev->next : e.head) = n.next;
         if (n.next)
@@ -508,13 +519,15 @@ private:
     }
 
     void dispatch(const PollEvent& ev) noexcept { // remote callbacks must not throw
-        if (remote_ && ev.fd == remote_->fd())
-            return run_remote();
-        if (ev.fd < 0 || static_cast<std::size_t>(ev.fd) >= fds_.size())
-            return;
-        FdEntry& e = fds_[static_cast<std::size_t>(ev.fd)];
-        if (!e.registered)
-            return; // a stale one-shot report for a number we no longer watch
+        FdEntry* ep = ev.fd >= 0 && static_cast<std::size_t>(ev.fd) < fds_.size()
+                          ? &fds_[static_cast<std::size_t>(ev.fd)]
+                          : nullptr;
+        if (!ep || !ep->registered) { // the wake-up eventfd is not in the table
+            if (remote_ && ev.fd == remote_->fd())
+                run_remote();
+            return; // else a stale one-shot report for a number we no longer watch
+        }
+        FdEntry& e = *ep;
         if (!e.owner)
             e.armed = 0; // one-shot: disarmed by this report
         for (FdNode* n = e.head; n; n = n->next) {
