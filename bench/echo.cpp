@@ -159,23 +159,18 @@ private:
     [[noreturn]] static void fail(const char* what) {
         throw std::runtime_error(std::string("raw: ") + what + ": " + std::strerror(errno));
     }
-    void add(Conn& c, unsigned events) {
+    void ctl(Conn& c, int op, unsigned events) {
         epoll_event ev{};
         ev.events = events;
         ev.data.ptr = &c;
-        if (::epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev) < 0)
+        if (::epoll_ctl(ep_, op, c.fd, &ev) < 0)
             fail("epoll_ctl");
         c.armed = events;
     }
+    void add(Conn& c, unsigned events) { ctl(c, EPOLL_CTL_ADD, events); }
     void arm(Conn& c, unsigned events) {
-        if (c.armed == events)
-            return;
-        epoll_event ev{};
-        ev.events = events;
-        ev.data.ptr = &c;
-        if (::epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev) < 0)
-            fail("epoll_ctl");
-        c.armed = events;
+        if (c.armed != events)
+            ctl(c, EPOLL_CTL_MOD, events);
     }
     void close(Conn& c) {
         ::close(c.fd); // also leaves the epoll set
