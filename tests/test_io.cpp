@@ -347,6 +347,44 @@ TEST_CASE("the flags of an int fd are never changed") {
     });
 }
 
+TEST_CASE("read_exactly on a blocking int fd reads each part as it comes, never blocking") {
+    run([]() -> Task<void> {
+        Pipe p(0); // blocking pipe
+        int ticks = 0;
+        bool done = false;
+        auto ticker = [&]() -> Task<void> {
+            while (!done) {
+                co_await xiio::sleep(1ms);
+                ++ticks;
+            }
+        };
+        char buf[10];
+        auto reader = [&]() -> Task<void> {
+            co_await xiio::read_exactly(p.r.get(), buf);
+            done = true;
+        };
+        auto writer = [&]() -> Task<void> {
+            co_await xiio::write(p.w.get(), "abc");
+            co_await xiio::sleep(20ms); // the reader has 3 of 10 bytes: it must wait again
+            co_await xiio::write(p.w.get(), "defghij");
+        };
+        co_await xiio::gather(ticker(), reader(), writer());
+        CHECK(std::string(buf, 10) == "abcdefghij");
+        CHECK(ticks > 5); // the loop ran while the reader waited for the second part
+
+        // End of file after a part: IncompleteReadError with what was read.
+        co_await xiio::write(p.w.get(), "xy");
+        p.w.close();
+        try {
+            co_await xiio::read_exactly(p.r.get(), buf);
+            FAIL("read_exactly returned");
+        } catch (const xiio::IncompleteReadError& e) {
+            CHECK(e.partial == 2);
+            CHECK(std::string(buf, 2) == "xy");
+        }
+    });
+}
+
 TEST_CASE("a blocking fd never blocks the loop") {
     run([]() -> Task<void> {
         Pipe p(0); // blocking pipe

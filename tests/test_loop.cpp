@@ -142,6 +142,27 @@ TEST_CASE("an owned Fd costs no epoll_ctl per wait") {
     });
 }
 
+TEST_CASE("ready tasks and no fd waiter: the loop does not ask epoll") {
+    UsePoller use;
+    int waits_while_yielding = -1, waits_with_reader = -1;
+    run([&]() -> Task<void> {
+        for (int i = 0; i < 100; ++i)
+            co_await xiio::yield();
+        waits_while_yielding = use.poller->waits;
+        Pipe p; // with a reader waiting, ready work still polls (without blocking)
+        auto reader = [&]() -> Task<void> { co_await xiio::read(p.r, 1); };
+        auto writer = [&]() -> Task<void> {
+            for (int i = 0; i < 10; ++i)
+                co_await xiio::yield();
+            co_await xiio::write(p.w, "x");
+        };
+        co_await xiio::gather(reader(), writer());
+        waits_with_reader = use.poller->waits; // the poller dies with the loop
+    });
+    CHECK(waits_while_yielding == 0);
+    CHECK(waits_with_reader >= 10);
+}
+
 TEST_CASE("an int fd keeps no registration after its wait ended") {
     UsePoller use;
     run([&]() -> Task<void> {

@@ -563,10 +563,12 @@ private:
 
     void poll() {
         Clock::time_point deadline = next_deadline();
+        bool may_sleep = false; // told the remote queue so: posts write the eventfd
         if (remote_ && deadline != Clock::time_point::min()) {
             if (keepalive_ > 0 && spin_until_ != Clock::time_point{})
                 spin_for_remote(deadline);
-            if (!remote_->prepare_sleep())
+            may_sleep = remote_->prepare_sleep();
+            if (!may_sleep)
                 deadline = Clock::time_point::min(); // completions are queued: do not block
         }
         events_.clear();
@@ -575,16 +577,15 @@ private:
             try {
                 poller_->wait(deadline, events_);
             } catch (...) {
-                if (remote_)
+                if (may_sleep)
                     remote_->awake();
                 return fail_all(std::current_exception());
             }
         }
-        if (remote_) {
+        if (may_sleep)
             remote_->awake();
-            if (remote_->pending()) // posted while awake: nothing was written
-                run_remote();
-        }
+        if (remote_ && remote_->pending()) // posted while awake: nothing was written
+            run_remote();
         deliver(events_);
     }
 

@@ -22,9 +22,12 @@ namespace xiio::detail {
 ///
 /// Waking the loop costs an eventfd write here and an epoll wake-up there, so a poster
 /// writes only when the loop may be asleep: `sleeping_` says so. A loop that drives its
-/// own poll (Loop::poll) clears it while awake and checks pending() before it blocks
-/// (prepare_sleep, under the mutex, so no post falls between the check and the sleep).
-/// Under a host loop (Asio) `sleeping_` stays true and the first post of a batch writes.
+/// own poll (Loop::poll) clears it while awake and sets it before it blocks
+/// (prepare_sleep). Without a lock on the loop's side: the loop stores `sleeping_` then
+/// loads `pending_`, a poster stores `pending_` then loads `sleeping_`, all sequentially
+/// consistent, so at least one of them sees the other - the loop does not block, or the
+/// poster writes. Under a host loop (Asio) `sleeping_` stays true and the first post of a
+/// batch writes.
 class RemoteQueue {
 public:
     RemoteQueue() : fd_(sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
@@ -44,8 +47,8 @@ public:
         if (closed_)
             return false;
         items_.push_back(std::move(fn));
-        pending_.store(true, std::memory_order_release);
-        if (sleeping_ && !signalled_) {
+        pending_.store(true);
+        if (sleeping_.load() && !signalled_) {
             signalled_ = true;
             std::uint64_t one = 1;
             // Fails only if the counter would overflow: it is then nonzero anyway.
@@ -60,19 +63,16 @@ public:
     bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
 
     /// Before blocking: false if something is queued (do not block), else posts from now
-    /// on write the eventfd.
-    bool prepare_sleep() {
-        std::unique_lock lock(mutex_);
-        if (!items_.empty())
-            return false;
-        sleeping_ = true;
-        return true;
+    /// on write the eventfd until awake().
+    bool prepare_sleep() noexcept {
+        sleeping_.store(true);
+        if (!pending_.load())
+            return true;
+        sleeping_.store(false, std::memory_order_relaxed);
+        return false;
     }
     /// After blocking: posts go unsignalled again until the next prepare_sleep().
-    void awake() {
-        std::unique_lock lock(mutex_);
-        sleeping_ = false;
-    }
+    void awake() noexcept { sleeping_.store(false, std::memory_order_relaxed); }
 
     /// Swaps everything posted so far into `batch` (empty, its capacity kept from earlier
     /// batches, so steady traffic allocates no vectors). The eventfd is read back only if
@@ -101,9 +101,9 @@ private:
     int fd_;
     std::mutex mutex_;
     std::vector<std::function<void()>> items_;
-    std::atomic<bool> pending_{false};
-    bool sleeping_ = true;   // the loop may be blocked: a post must write the eventfd
-    bool signalled_ = false; // written since the last take(): no need to write again
+    std::atomic<bool> pending_{false}; // items_ is not empty (set and cleared under mutex_)
+    std::atomic<bool> sleeping_{true}; // the loop may be blocked: a post must write the eventfd
+    bool signalled_ = false;           // written since the last take(): no need to write again
     bool closed_ = false;
 };
 
