@@ -443,3 +443,17 @@ TEST_CASE("a regular file counts as always ready") {
         CHECK(ready == xiio::Files{{f.get(), xiio::READ}});
     });
 }
+
+TEST_CASE("read of a string too large to allocate throws in the task and the fd still works") {
+    run([]() -> Task<void> {
+        Pipe p;
+        co_await xiio::writeall(p.w, "abc");
+        const std::size_t huge = std::string().max_size() + 1;
+        // Data is ready, so the first attempt happens inside await_suspend: the sizing
+        // must fail before it, not in the noexcept syscall path (std::terminate).
+        CHECK_THROWS_AS(co_await xiio::read(p.r, huge), std::length_error);
+        CHECK_THROWS_AS(co_await xiio::read(p.r.get(), huge), std::length_error);
+        auto got = co_await xiio::read(p.r, 10);
+        CHECK(got == "abc");
+    });
+}

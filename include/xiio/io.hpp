@@ -255,11 +255,16 @@ class ReadStringOp : public FdOp<ReadStringOp, std::string, READ> {
 public:
     ReadStringOp(FdRef fd, std::size_t max_size) noexcept : FdOp(fd), max_(max_size) {}
     ReadStringOp(ReadStringOp&& o) noexcept : FdOp(std::move(o)), max_(o.max_) {}
-    ssize_t call() noexcept {
-        if (buf_.size() != max_)
-            buf_.resize(max_);
-        return sys::read(ref_.fd, buf_.data(), buf_.size());
+    // The buffer is sized here, before the first attempt: call() runs in noexcept paths
+    // (attempt, perform_ready), where a failed allocation would be std::terminate. Thrown
+    // from here (std::length_error, std::bad_alloc), it reaches the awaiting task, and
+    // nothing is registered yet.
+    template <XiioPromise P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        buf_.resize(max_);
+        return FdOp::await_suspend(h);
     }
+    ssize_t call() noexcept { return sys::read(ref_.fd, buf_.data(), buf_.size()); }
     std::string await_resume() {
         buf_.resize(finish("read"));
         return std::move(buf_);
