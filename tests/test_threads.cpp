@@ -14,6 +14,10 @@
 #include <thread>
 #include <vector>
 
+#include <csignal>
+#include <pthread.h>
+#include <sys/wait.h>
+
 using namespace test;
 using xiio::Task;
 
@@ -44,6 +48,29 @@ constexpr int stress_tasks = 100;
 #else
 constexpr int stress_tasks = 100;
 #endif
+
+/// The signal mask of the calling thread.
+sigset_t current_mask() {
+    sigset_t m;
+    pthread_sigmask(SIG_SETMASK, nullptr, &m);
+    return m;
+}
+
+/// Waits at most `limit` for the child `pid` and returns its wait status; a child still
+/// running then is killed and reaped (the test fails).
+int wait_child(pid_t pid, Ms limit) {
+    auto until = xiio::Clock::now() + limit * slack_scale();
+    int status = 0;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+        if (xiio::Clock::now() > until) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &status, 0);
+            FAIL("the child did not finish in time");
+        }
+        std::this_thread::sleep_for(5ms);
+    }
+    return status;
+}
 
 } // namespace
 
@@ -396,4 +423,54 @@ TEST_CASE("in_thread runs jobs in parallel: three sleeps of 100 ms take 100 ms (
             co_await xiio::gather(xiio::in_thread(nap), xiio::in_thread(nap), xiio::in_thread(nap));
         });
     });
+}
+
+TEST_CASE("pool workers block the asynchronous signals and never the synchronous ones") {
+    xiio::ThreadPool pool(1);
+    auto masks = run([&]() -> Task<std::vector<sigset_t>> {
+        auto job = [] { return current_mask(); };
+        std::vector<sigset_t> got;
+        got.push_back(co_await pool.run(job));
+        got.push_back(co_await xiio::in_thread(job));
+        co_return got;
+    });
+    REQUIRE(masks.size() == 2);
+    for (const sigset_t& m : masks) {
+        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS}) {
+            INFO("signal " << sig);
+            CHECK(sigismember(&m, sig) == 0);
+        }
+        for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGCHLD, SIGPIPE}) {
+            INFO("signal " << sig);
+            CHECK(sigismember(&m, sig) == 1);
+        }
+    }
+}
+
+TEST_CASE("a SIGSEGV raised in a pool job reaches the process's handler") {
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        // The child: no Catch assertion here, only an exit status. 42 from the handler; 0
+        // if the signal stayed blocked (pending in the worker) and the job just returned.
+        struct sigaction sa {};
+        sa.sa_handler = [](int) { ::_exit(42); };
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGSEGV, &sa, nullptr);
+        // A new pool: the parent's workers do not exist in the child. Never destroyed:
+        // the child leaves by _exit.
+        auto* pool = new xiio::ThreadPool(1);
+        try {
+            xiio::run([pool]() -> Task<void> {
+                auto job = [] { ::raise(SIGSEGV); };
+                co_await pool->run(job);
+            }());
+        } catch (...) {
+            ::_exit(1);
+        }
+        ::_exit(0);
+    }
+    int status = wait_child(pid, 10'000ms);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 42);
 }

@@ -32,6 +32,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -196,8 +197,10 @@ private:
 /// and joining a thread costs 10-45 us, about 1-5 times a whole round trip through an idle
 /// worker (8-12 us), while an idle worker costs one blocked thread (its 8 MiB stack is
 /// virtual memory, a few pages resident). Asio's thread_pool and Python's
-/// ThreadPoolExecutor keep theirs too. Workers start with every signal blocked, so a
-/// process-directed signal is never delivered to them (see subscribe_signals()).
+/// ThreadPoolExecutor keep theirs too. Workers start with every asynchronous signal
+/// blocked, so a process-directed signal is never delivered to them (see
+/// subscribe_signals()); the synchronous ones (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT,
+/// SIGTRAP, SIGSYS) stay unblocked, so a fault in a job reaches the process's handlers.
 ///
 /// ~ThreadPool() waits for the running and the queued jobs, also when no loop runs (a job
 /// whose task was cancelled still runs to its end); then it joins the workers. Destroy the
@@ -274,10 +277,16 @@ private:
     }
 
     void spawn() {
-        // The new thread inherits the mask: block everything while creating it.
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
+        // The new thread inherits the mask: block the asynchronous signals while creating
+        // it. Never the synchronous ones, which the thread raises itself (a fault, abort(),
+        // a trap, a seccomp kill): a blocked SIGSEGV from a real fault makes the kernel
+        // kill the process without running any handler (ASan's report, a crash handler's
+        // backtrace), and a raise()d one stays pending, ignored.
+        sigset_t async, old;
+        sigfillset(&async);
+        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS})
+            sigdelset(&async, sig);
+        pthread_sigmask(SIG_SETMASK, &async, &old);
         try {
             threads_.emplace_back([this] { work(); });
         } catch (...) {
