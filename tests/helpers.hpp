@@ -105,4 +105,21 @@ struct Pipe {
     }
 };
 
+/// While it lives, the n-th allocation of this thread through operator new from now on
+/// (0: the next one) throws std::bad_alloc; later ones succeed. Only where the test binary
+/// replaces operator new (not under valgrind, which replaces it itself: tag such tests
+/// [no-valgrind]). Nests: the previous setting is restored.
+class FailAllocation {
+public:
+    explicit FailAllocation(long n) noexcept;
+    ~FailAllocation();
+    FailAllocation(const FailAllocation&) = delete;
+    FailAllocation& operator=(const FailAllocation&) = delete;
+    /// Whether the failure happened (a sweep over n stops once it no longer does).
+    static bool fired() noexcept;
+
+private:
+    long saved_;
+};
+
 } // namespace test

@@ -429,3 +429,86 @@ TEST_CASE("the documented forms that avoid g++ 12's co_await bugs work") {
         CHECK(text.use_count() == 3); // the two named lambdas, no extra or missing copy
     });
 }
+
+// ---- regressions of the second-round review ---------------------------------------------
+
+TEST_CASE("a Condition can be passed to run, add_task and gather") {
+    test::Pipe p;
+    REQUIRE(::write(p.w.get(), "x", 1) == 1);
+    xiio::Condition c{.files = {{p.r.get(), xiio::READ}}};
+    auto ready = xiio::run(c); // an lvalue is copied
+    CHECK(ready == xiio::Files{{p.r.get(), xiio::READ}});
+    CHECK(c.files.size() == 1);
+    run([&]() -> Task<void> {
+        xiio::Condition later{.time = xiio::Clock::now() + 5ms};
+        auto [a, b] = co_await xiio::gather(c, std::move(later));
+        CHECK(a.size() == 1);
+        CHECK(b.empty());
+        auto body = [&](xiio::TaskGroup& tg) -> Task<void> {
+            auto h = tg.add_task(c);
+            co_await h;
+            CHECK(h.result().size() == 1);
+        };
+        co_await xiio::task_group(body);
+    });
+}
+
+TEST_CASE("a future set and then destroyed still satisfies a Condition it was part of") {
+    run([]() -> Task<void> {
+        auto f = std::make_unique<xiio::Future<int>>();
+        xiio::Condition c{.futures = {f.get()}};
+        auto setter = [&]() -> Task<void> {
+            f->set_result(1);
+            f.reset(); // the waiter was woken, but has not resumed yet
+            co_return;
+        };
+        auto [ready, _] = co_await xiio::gather(std::move(c), setter());
+        CHECK(ready.empty());
+    });
+}
+
+// Each allocation an await makes fails in turn (the first awaits with 64 sleepers in the
+// heap, so the timer heap must grow): bad_alloc reaches the task, and the heap still
+// works. Before the fix a failed growth left a heap index behind, and the leaf's
+// destructor removed a timer that was never added.
+template <class MakeAwaitable>
+void sweep_allocation_failures(MakeAwaitable make) {
+    run([&]() -> Task<void> {
+        auto body = [&](xiio::TaskGroup& tg) -> Task<void> {
+            for (int i = 0; i < 64; ++i) // a new loop's heap: capacity 64 after 64 pushes
+                tg.add_task(xiio::sleep(std::chrono::milliseconds(200 + i)));
+            co_await xiio::yield(); // all of them now wait in the heap
+            long failures = 0;
+            for (long n = 0;; ++n) {
+                bool threw = false;
+                {
+                    test::FailAllocation fail(n);
+                    try {
+                        co_await make();
+                    } catch (const std::bad_alloc&) {
+                        threw = true;
+                    }
+                    if (!test::FailAllocation::fired())
+                        break;
+                }
+                CHECK(threw);
+                ++failures;
+                co_await xiio::sleep(1ms); // the heap still works
+            }
+            CHECK(failures >= 1);
+            tg.cancel();
+        };
+        co_await xiio::task_group(body);
+    });
+}
+
+// [no-valgrind]: the failing allocation comes from the test binary's operator new.
+TEST_CASE("a sleep whose timer cannot be added throws bad_alloc and leaves the heap intact",
+          "[no-valgrind]") {
+    sweep_allocation_failures([] { return xiio::sleep(1ms); });
+}
+
+TEST_CASE("a Condition whose timer cannot be added throws bad_alloc and leaves the heap intact",
+          "[no-valgrind]") {
+    sweep_allocation_failures([] { return xiio::Condition{.time = xiio::Clock::now() + 1ms}; });
+}

@@ -678,3 +678,26 @@ TEST_CASE("misuse of a group throws logic_error: no loop, an empty task") {
         });
     });
 }
+
+TEST_CASE("add_task after the last member finished, before the parent resumed, is logic_error") {
+    run([]() -> Task<void> {
+        xiio::TaskGroup* group = nullptr;
+        xiio::Future<void> last_member_ending;
+        bool threw = false;
+        auto outsider = [&]() -> Task<void> {
+            co_await last_member_ending; // woken before the group's parent is
+            try {
+                group->add_task(xiio::sleep(1ms));
+            } catch (const std::logic_error&) {
+                threw = true;
+            }
+        };
+        auto body = [&](xiio::TaskGroup& tg) -> Task<void> {
+            group = &tg;
+            co_await xiio::yield();
+            last_member_ending.set_result();
+        };
+        co_await xiio::gather(outsider(), xiio::task_group(body));
+        CHECK(threw);
+    });
+}

@@ -76,6 +76,12 @@ struct Condition {
     /// Whether any part holds, given the fds reported ready.
     bool fulfilled(const Files& ready) const;
 
+    /// A Condition passed where a Task is expected (`run`, `add_task`, `gather`): a task
+    /// that waits for it (a copy, from an lvalue).
+    using value_type = Files;
+    operator Task<Files>() const&;
+    operator Task<Files>() &&;
+
 private:
     template <class R>
     static Condition combine_range(const R& conditions) {
@@ -104,11 +110,13 @@ public:
 
 protected:
     ~FutureBase() {
-        // Waiters must not read a dead future: they get an error instead.
+        // Waiters must not read a dead future: they get an error instead. A Condition
+        // that the future satisfied before it died only needed to know that it is done.
         while (detail::FutureNode* n = waiters_.head) {
             waiters_.unlink(*n);
-            n->wait->error = std::make_exception_ptr(
-                std::logic_error("xiio::Future destroyed while a task awaited it"));
+            if (!done_ || n->reads_value)
+                n->wait->error = std::make_exception_ptr(
+                    std::logic_error("xiio::Future destroyed while a task awaited it"));
             n->wait->runner->loop->wake(*n->wait);
         }
     }
@@ -174,6 +182,7 @@ public:
             if (!detail::begin_wait(w_, h) || f_->done())
                 return false;
             node_.wait = &w_;
+            node_.reads_value = true;
             w_.futures = {&node_, 1};
             f_->waiters_.push(node_);
             w_.runner->loop->suspend(*w_.runner, w_, h);
@@ -224,6 +233,8 @@ public:
         fds_.reserve(c_.files.size());
         futures_.reserve(c_.futures.size());
         w_.fds = {fds_.data(), 0};
+        // Every step that can fail (attach, the timer heap) comes before anything that
+        // cannot be undone, and a failure undoes what was registered.
         try {
             for (auto [fd, events] : c_.files) {
                 if (!events)
@@ -238,26 +249,26 @@ public:
                     now = true;
                 }
             }
+            for (const FutureBase* f : c_.futures)
+                now = now || f->done();
+            if (!now && c_.time != Clock::time_point::max()) {
+                w_.deadline = c_.time;
+                loop.add_timer(w_);
+            }
         } catch (...) {
             loop.detach(w_);
             w_.runner = nullptr;
             throw;
         }
         for (const FutureBase* f : c_.futures) {
-            if (f->done())
-                now = true;
-            detail::FutureNode& n = futures_.emplace_back();
+            detail::FutureNode& n = futures_.emplace_back(); // reserved: cannot throw
             n.wait = &w_;
             f->waiters_.push(n);
         }
         w_.futures = {futures_.data(), futures_.size()};
         loop.suspend(*w_.runner, w_, h);
-        if (now) {
+        if (now)
             loop.wake(w_); // already holds: resume after the other ready tasks, like yield
-        } else if (c_.time != Clock::time_point::max()) {
-            w_.deadline = c_.time;
-            loop.add_timer(w_);
-        }
         return true;
     }
     Files await_resume() {
@@ -298,13 +309,13 @@ public:
         if (!begin_wait(w_, h))
             return false;
         Loop& loop = *w_.runner->loop;
-        loop.suspend(*w_.runner, w_, h);
         if (t_ == Clock::time_point::min() || t_ <= Clock::now()) { // yield(): no clock read
             loop.schedule(w_.runner);
         } else {
             w_.deadline = t_;
-            loop.add_timer(w_);
+            loop.add_timer(w_); // may throw: nothing is registered yet
         }
+        loop.suspend(*w_.runner, w_, h);
         return true;
     }
     void await_resume() { end_wait(w_); }
@@ -343,11 +354,17 @@ inline detail::SleepAwaiter yield() {
     return detail::SleepAwaiter(Clock::time_point::min());
 }
 
-/// A Condition passed where a Task is expected.
 namespace detail {
-inline Task<Files> as_task(Condition c) {
+inline Task<Files> wait_for(Condition c) {
     co_return co_await std::move(c);
 }
 } // namespace detail
+
+inline Condition::operator Task<Files>() const& {
+    return detail::wait_for(*this);
+}
+inline Condition::operator Task<Files>() && {
+    return detail::wait_for(std::move(*this));
+}
 
 } // namespace xiio

@@ -103,6 +103,7 @@ struct WaiterList {
 struct FutureNode {
     Wait* wait = nullptr;
     WaiterList* list = nullptr; // null once detached or once the future died
+    bool reads_value = false;   // resumes reading the future (not just its doneness)
     FutureNode* prev = nullptr;
     FutureNode* next = nullptr;
 };
@@ -175,6 +176,9 @@ public:
         if (w.woken)
             return;
         w.woken = true;
+        for (auto& n : w.fds) // its fd nodes stop counting as wanted interest
+            if (n.attached)
+                tally(fds_[static_cast<std::size_t>(n.fd)], n.events, 0, 1);
         if (w.runner->wait_ == &w)
             w.runner->wait_ = nullptr;
         schedule(w.runner);
@@ -217,10 +221,11 @@ public:
 
     // ---- timers ----------------------------------------------------------------------
 
+    /// Throws std::bad_alloc if the heap cannot grow; `w` and the heap are then unchanged.
     void add_timer(Wait& w) {
+        heap_.push_back(&w); // first: the only step that can fail
         w.seq = timer_seq_++;
-        w.heap_index = heap_.size();
-        heap_.push_back(&w);
+        w.heap_index = heap_.size() - 1;
         sift_up(w.heap_index);
         count(Counter::timers, 1);
     }
@@ -453,7 +458,23 @@ private:
         FdState* owner = nullptr; // an Fd keeps this registration (level-triggered)
         unsigned armed = 0;       // events enabled in the poller
         bool registered = false;  // in the poller's interest list
+        // Attached waiters per direction, and how many of them belong to woken waits: the
+        // interest of an entry is known without walking its waiters, whose number the user
+        // controls (n tasks each waiting on its own pipe and on one shared "stop" pipe).
+        std::uint32_t readers = 0, writers = 0;
+        std::uint32_t woken_readers = 0, woken_writers = 0;
     };
+
+    static void tally(FdEntry& e, unsigned events, int attached, int woken) noexcept {
+        if (events & READ) {
+            e.readers += static_cast<std::uint32_t>(attached);
+            e.woken_readers += static_cast<std::uint32_t>(woken);
+        }
+        if (events & WRITE) {
+            e.writers += static_cast<std::uint32_t>(attached);
+            e.woken_writers += static_cast<std::uint32_t>(woken);
+        }
+    }
 
     // Transient registrations (plain int fds) are one-shot and removed when their last
     // waiter leaves: the user may close the fd and reuse its number at any time, and a
@@ -462,19 +483,15 @@ private:
     // An Fd's registration is level-triggered and kept; interest is only narrowed when an
     // event nobody waits for arrives (so a steady reader or writer costs no epoll_ctl).
 
+    /// What the waiters of `e` that were not woken yet want.
     static unsigned wanted(const FdEntry& e) noexcept {
-        unsigned w = 0;
-        for (FdNode* n = e.head; n; n = n->next)
-            if (!n->wait->woken)
-                w |= n->events;
-        return w;
+        return (e.readers > e.woken_readers ? READ : 0u) |
+               (e.writers > e.woken_writers ? WRITE : 0u);
     }
 
+    /// What every attached waiter of `e` wants, woken or not.
     static unsigned attached_events(const FdEntry& e) noexcept {
-        unsigned w = 0;
-        for (FdNode* n = e.head; n; n = n->next)
-            w |= n->events;
-        return w;
+        return (e.readers ? READ : 0u) | (e.writers ? WRITE : 0u);
     }
 
     void link(FdEntry& e, FdNode& n) noexcept {
@@ -485,6 +502,7 @@ private:
             e.head->prev = &n;
         e.head = &n;
         n.attached = true;
+        tally(e, n.events, 1, n.wait->woken ? 1 : 0);
         ++fd_waiters_;
     }
 
@@ -494,6 +512,7 @@ private:
             n.next->prev = n.prev;
         n.prev = n.next = nullptr;
         n.attached = false;
+        tally(e, n.events, -1, n.wait->woken ? -1 : 0);
         --fd_waiters_;
     }
 

@@ -250,8 +250,13 @@ private:
             cancelled_ = true;
             cancel_members();
         }
-        if (--size_ == 0 && joined_)
-            loop_->wake(join_);
+        // The last member is gone: the group is over even before the parent resumes (a
+        // task outside the group may still hold it and must not add to it any more).
+        if (--size_ == 0) {
+            closed_ = true;
+            if (joined_)
+                loop_->wake(join_);
+        }
     }
 
     void cancel_members() noexcept {

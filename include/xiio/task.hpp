@@ -189,14 +189,17 @@ concept Wrappable = requires { typename std::remove_cvref_t<A>::value_type; } &&
                     std::convertible_to<std::remove_cvref_t<A>&&,
                                         Task<typename std::remove_cvref_t<A>::value_type>>;
 
-/// Task<T> as is; a light awaitable wrapped into a Task.
+/// Task<T> as is; a light awaitable wrapped into a Task (a Condition lvalue is copied).
 template <class A>
 auto as_task(A&& a) {
     using D = std::remove_cvref_t<A>;
+    using V = Task<typename D::value_type>;
     if constexpr (is_task<D>::value)
         return D(std::move(a));
+    else if constexpr (std::is_convertible_v<A&&, V>)
+        return V(std::forward<A>(a));
     else
-        return Task<typename D::value_type>(std::move(a));
+        return V(std::move(a));
 }
 
 template <class A>
