@@ -321,3 +321,61 @@ TEST_CASE("the echo_server example echoes a line and exits 0 on SIGINT") {
     CHECK(WEXITSTATUS(status) == 0);
 }
 #endif
+
+TEST_CASE("connect_unix waits for room while the listener's backlog is full") {
+    TempDir dir;
+    run([&]() -> Task<void> {
+        auto path = (dir.path / "small.sock").string();
+        // Backlog 1: the kernel queues two connections; the other clients' first connect
+        // answers EAGAIN until the server has accepted some.
+        auto l = xiio::Listener::unix_socket(path, 1);
+        constexpr int clients = 8;
+        std::string echoed(clients, '-');
+        auto server = [&]() -> Task<void> {
+            for (int i = 0; i < clients; ++i) {
+                co_await xiio::sleep(5ms); // slow: the backlog stays full for a while
+                auto s = co_await l.accept();
+                std::array<char, 1> b{};
+                auto n = co_await s.recv(b);
+                REQUIRE(n == 1);
+                co_await s.send_all(std::string_view(b.data(), 1));
+            }
+        };
+        auto client = [&](int i) -> Task<void> {
+            auto s = co_await xiio::connect_unix(path);
+            char c = static_cast<char>('a' + i);
+            co_await s.send_all(std::string_view(&c, 1));
+            std::array<char, 1> b{};
+            auto n = co_await s.recv(b);
+            if (n == 1)
+                echoed[static_cast<std::size_t>(i)] = b[0];
+        };
+        std::vector<Task<void>> tasks;
+        tasks.push_back(server());
+        for (int i = 0; i < clients; ++i)
+            tasks.push_back(client(i));
+        auto all = xiio::gather(std::move(tasks));
+        auto done = co_await xiio::move_on_after(5s, std::move(all));
+        CHECK(done);
+        CHECK(echoed == "abcdefgh");
+    });
+}
+
+TEST_CASE("a connect_unix waiting for room in a full backlog can be cancelled") {
+    TempDir dir;
+    run([&]() -> Task<void> {
+        auto path = (dir.path / "full.sock").string();
+        auto l = xiio::Listener::unix_socket(path, 1); // never accepts
+        std::vector<xiio::Socket> connected;
+        bool timed_out = false;
+        for (int i = 0; i < 10 && !timed_out; ++i) {
+            auto s = co_await xiio::move_on_after(30ms, xiio::connect_unix(path));
+            if (s)
+                connected.push_back(std::move(*s));
+            else
+                timed_out = true;
+        }
+        CHECK(timed_out);
+        CHECK(!connected.empty());
+    });
+}

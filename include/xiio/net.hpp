@@ -16,6 +16,8 @@
 #include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -272,11 +274,24 @@ inline Task<Socket> connect_to(SockAddr a) {
     Fd fd = stream_socket(a.family);
     if (a.family != AF_UNIX)
         set_nodelay(fd.get());
-    if (::connect(fd.get(), a.get(), a.len) < 0) {
-        if (errno != EINPROGRESS && errno != EINTR)
-            throw_net("connect " + a.text, errno);
+    // A non-blocking AF_UNIX connect fails with EAGAIN while the listener's backlog is full
+    // (a blocking one would sleep until there is room), and no readiness event announces
+    // room: retry after a pause that grows from 1 ms to 50 ms. The socket stays unconnected
+    // after EAGAIN, so the same one connects again. Not for TCP, where EAGAIN means no free
+    // local port, which waiting does not cure.
+    int err = 0;
+    for (auto pause = std::chrono::milliseconds(1);;
+         pause = std::min(pause * 2, std::chrono::milliseconds(50))) {
+        err = ::connect(fd.get(), a.get(), a.len) < 0 ? errno : 0;
+        if (err != EAGAIN || a.family != AF_UNIX)
+            break;
+        co_await xiio::sleep(pause);
+    }
+    if (err) {
+        if (err != EINPROGRESS && err != EINTR)
+            throw_net("connect " + a.text, err);
         co_await wait_writable(fd);
-        int err = 0;
+        err = 0;
         socklen_t len = sizeof err;
         if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) < 0)
             throw_errno("getsockopt");
@@ -289,12 +304,19 @@ inline Task<Socket> connect_to(SockAddr a) {
 } // namespace detail
 
 /// Connects to a numeric address (or "localhost") without blocking the loop.
-/// A non-numeric host throws std::invalid_argument (at the co_await).
+/// A non-numeric host throws std::invalid_argument (at the co_await); a failed connect
+/// throws std::system_error naming the address ("connect 127.0.0.1:80: Connection
+/// refused"). A cancellation point while the connection is in progress.
 inline Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
     co_return co_await detail::connect_to(detail::ip_address(std::move(host), port));
 }
 
-/// Connects to a Unix socket.
+/// Connects to a Unix socket. While the listener's backlog is full it retries (pausing 1 ms,
+/// doubling up to 50 ms) until there is room, as a blocking connect would wait: bound it
+/// with a timeout if the server may never accept. A cancellation point (the pauses).
+/// Throws std::invalid_argument for a path that is empty or too long, std::system_error
+/// naming the path for any other failure ("connect /run/x.sock: No such file or
+/// directory").
 inline Task<Socket> connect_unix(std::string path) {
     co_return co_await detail::connect_to(detail::unix_address(path));
 }
