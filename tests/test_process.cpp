@@ -3,6 +3,8 @@
 
 #include <xiio/process.hpp>
 
+#include <filesystem>
+
 #include <sys/wait.h>
 
 using namespace test;
@@ -236,4 +238,32 @@ TEST_CASE("check passes for true and throws CalledProcessError for false (seed)"
         CHECK(r.returncode == 0);
         CHECK_THROWS_AS(co_await xiio::run_process(fails, opts), xiio::CalledProcessError);
     });
+}
+
+TEST_CASE("a directory named like the command earlier on PATH is skipped as execvp does") {
+    struct TempDir {
+        std::filesystem::path path =
+            std::filesystem::temp_directory_path() / ("xiio-path-" + std::to_string(::getpid()));
+        TempDir() { std::filesystem::create_directories(path / "true"); }
+        ~TempDir() { std::filesystem::remove_all(path); }
+    } dir;
+    ProcessOptions opts;
+    opts.env = std::vector<std::string>{"PATH=" + dir.path.string() + ":/usr/bin:/bin"};
+    auto r = run([&]() -> Task<xiio::CompletedProcess> {
+        Cmd cmd{"true"};
+        co_return co_await xiio::run_process(cmd, opts);
+    });
+    CHECK(r.returncode == 0);
+    // Only the directory on PATH: nothing to run, EACCES as execvp reports it.
+    opts.env = std::vector<std::string>{"PATH=" + dir.path.string()};
+    try {
+        run([&]() -> Task<void> {
+            Cmd cmd{"true"};
+            co_await xiio::run_process(cmd, opts);
+        });
+        FAIL("no exception");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::permission_denied);
+    }
+    CHECK(no_children());
 }

@@ -20,6 +20,7 @@
 
 #include <csignal>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -80,8 +81,9 @@ inline std::pair<Fd, Fd> make_pipe() {
     return {Fd(p[0]), Fd(p[1])};
 }
 
-/// The executable for `name`: itself if it contains a '/', else the first executable file
-/// of that name on `path` (the PATH of the child's environment). Empty + errno if none.
+/// The executable for `name`: itself if it contains a '/', else the first regular,
+/// executable file of that name on `path` (the PATH of the child's environment). Empty and
+/// `error` set (ENOENT, or EACCES if only unusable entries were found) if none.
 inline std::string find_executable(const std::string& name, const char* path, int& error) {
     error = ENOENT;
     if (name.find('/') != std::string::npos)
@@ -93,10 +95,17 @@ inline std::string find_executable(const std::string& name, const char* path, in
         auto colon = dirs.find(':');
         std::string dir(dirs.substr(0, colon));
         std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
-        if (::access(candidate.c_str(), X_OK) == 0)
-            return candidate;
-        if (errno == EACCES)
+        // access(X_OK) alone accepts a directory (searchable means "executable"; for root,
+        // any directory): a directory `true` early on PATH would then fail the spawn with
+        // EACCES where execvp goes on to /usr/bin/true. Only a regular file is a command.
+        struct stat st {};
+        if (::stat(candidate.c_str(), &st) == 0) {
+            if (S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0)
+                return candidate;
             error = EACCES; // reported if nothing else is found, as execvp does
+        } else if (errno == EACCES) {
+            error = EACCES;
+        }
         if (colon == std::string_view::npos)
             return {};
         dirs.remove_prefix(colon + 1);
@@ -252,9 +261,11 @@ inline Task<void> terminate(Child& child, Clock::duration grace) {
 
 /// Runs `cmd` and waits for it; its output is read (and `input` written) while it runs, so
 /// megabytes on both stdout and stderr do not deadlock. A command without '/' is searched
-/// on the PATH of `opts.env` if given, else of the caller. Throws std::invalid_argument for
-/// an empty cmd, std::system_error naming the command if it cannot start, and
-/// CalledProcessError with `check`. Cancelled: SIGTERM, SIGKILL after 1 s, always reaped.
+/// on the PATH of `opts.env` if given, else of the caller, for a regular executable file
+/// (directories and files we may not execute are skipped, as execvp does; if only such
+/// entries exist, the error is EACCES). Throws std::invalid_argument for an empty cmd,
+/// std::system_error naming the command if it cannot start, and CalledProcessError with
+/// `check`. Cancelled: SIGTERM, SIGKILL after 1 s, always reaped.
 inline Task<CompletedProcess> run_process(std::vector<std::string> cmd, ProcessOptions opts = {}) {
     if (cmd.empty())
         throw std::invalid_argument("xiio::run_process: empty command");
