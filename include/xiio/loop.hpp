@@ -83,6 +83,7 @@ struct FdNode {
     unsigned events = 0; // wanted
     unsigned ready = 0;  // reported
     bool attached = false;
+    bool tallied = false; // counted among the woken waiters of its entry
     /// Optional: tries the I/O once the fd is reported ready, so that spurious readiness
     /// (EAGAIN after all) keeps the task waiting instead of waking it. True = done.
     bool (*perform)(FdNode*) = nullptr;
@@ -118,6 +119,7 @@ struct Wait {
     Clock::time_point deadline = Clock::time_point::max();
     std::uint64_t seq = 0;
     std::size_t heap_index = npos;
+    bool transient_fds = false; // a node of it waits on an fd no Fd owns (see Loop::tally)
     std::span<FdNode> fds;
     std::span<FutureNode> futures;
     /// Set by waits that must not simply be woken when an exception is thrown in (a task
@@ -176,9 +178,8 @@ public:
         if (w.woken)
             return;
         w.woken = true;
-        for (auto& n : w.fds) // its fd nodes stop counting as wanted interest
-            if (n.attached)
-                tally(fds_[static_cast<std::size_t>(n.fd)], n.events, 0, 1);
+        if (w.transient_fds) [[unlikely]]
+            count_woken(w);
         if (w.runner->wait_ == &w)
             w.runner->wait_ = nullptr;
         schedule(w.runner);
@@ -197,6 +198,20 @@ public:
             r.pending_ = std::move(e);
         }
     }
+
+    /// The trampoline: resumes `h`, then each frame handed over by resume_next() while it
+    /// ran, until the chain suspends at a leaf or ends. A Task awaiting a Task and a Task
+    /// resuming its awaiting frame go through here (see task.hpp), so a chain of any depth
+    /// runs on constant stack. Nested calls (a group starting its body inline) are fine:
+    /// each runs until nothing is handed over and leaves the slot empty.
+    void resume(std::coroutine_handle<> h) {
+        do {
+            h.resume();
+            h = std::exchange(next_, nullptr);
+        } while (h);
+    }
+    /// Called from an await_suspend: `h` runs as soon as the suspending frame returned.
+    void resume_next(std::coroutine_handle<> h) noexcept { next_ = h; }
 
     /// Suspends `r` in `w` (the leaf registered its parts already).
     void suspend(Runner& r, Wait& w, std::coroutine_handle<> h) noexcept {
@@ -272,7 +287,7 @@ public:
         }
         link(e, n);
         try {
-            unsigned want = wanted(e);
+            unsigned want = e.owner ? n.events : wanted(e);
             if (!e.registered) {
                 int err = poller_->add(n.fd, want, !e.owner);
                 if (err)
@@ -367,7 +382,7 @@ public:
                     continue;
                 }
             }
-            r->resume_.resume();
+            resume(r->resume_);
             flush_graveyard();
         }
     }
@@ -458,9 +473,12 @@ private:
         FdState* owner = nullptr; // an Fd keeps this registration (level-triggered)
         unsigned armed = 0;       // events enabled in the poller
         bool registered = false;  // in the poller's interest list
-        // Attached waiters per direction, and how many of them belong to woken waits: the
-        // interest of an entry is known without walking its waiters, whose number the user
-        // controls (n tasks each waiting on its own pipe and on one shared "stop" pipe).
+        // For a transient registration (no owner): attached waiters per direction, and how
+        // many of them belong to woken waits. Its interest must then be recomputed on every
+        // attach and detach, and must not cost a walk over its waiters, whose number the
+        // user controls (n tasks each waiting on its own pipe and one shared "stop" pipe).
+        // An owned entry needs no counts: its interest only widens on attach, and is
+        // narrowed in dispatch, which walks the waiters it wakes anyway.
         std::uint32_t readers = 0, writers = 0;
         std::uint32_t woken_readers = 0, woken_writers = 0;
     };
@@ -483,15 +501,29 @@ private:
     // An Fd's registration is level-triggered and kept; interest is only narrowed when an
     // event nobody waits for arrives (so a steady reader or writer costs no epoll_ctl).
 
+    /// `w` was woken: its nodes on transient entries stop counting as wanted interest.
+    [[gnu::noinline]] void count_woken(Wait& w) noexcept {
+        for (auto& n : w.fds) {
+            FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
+            if (n.attached && !e.owner) {
+                tally(e, n.events, 0, 1);
+                n.tallied = true;
+            }
+        }
+    }
+
     /// What the waiters of `e` that were not woken yet want.
     static unsigned wanted(const FdEntry& e) noexcept {
         return (e.readers > e.woken_readers ? READ : 0u) |
                (e.writers > e.woken_writers ? WRITE : 0u);
     }
 
-    /// What every attached waiter of `e` wants, woken or not.
+    /// What every attached waiter of `e` wants, woken or not (walks them: see dispatch).
     static unsigned attached_events(const FdEntry& e) noexcept {
-        return (e.readers ? READ : 0u) | (e.writers ? WRITE : 0u);
+        unsigned w = 0;
+        for (FdNode* n = e.head; n; n = n->next)
+            w |= n->events;
+        return w;
     }
 
     void link(FdEntry& e, FdNode& n) noexcept {
@@ -502,7 +534,11 @@ private:
             e.head->prev = &n;
         e.head = &n;
         n.attached = true;
-        tally(e, n.events, 1, n.wait->woken ? 1 : 0);
+        n.tallied = false; // a wait is attached before it can be woken
+        if (!e.owner) {
+            tally(e, n.events, 1, 0);
+            n.wait->transient_fds = true;
+        }
         ++fd_waiters_;
     }
 
@@ -512,7 +548,8 @@ private:
             n.next->prev = n.prev;
         n.prev = n.next = nullptr;
         n.attached = false;
-        tally(e, n.events, -1, n.wait->woken ? -1 : 0);
+        if (!e.owner)
+            tally(e, n.events, -1, n.tallied ? -1 : 0);
         --fd_waiters_;
     }
 
@@ -685,6 +722,7 @@ private:
     }
 
     std::unique_ptr<Poller> poller_;
+    std::coroutine_handle<> next_; // the trampoline's slot (resume/resume_next)
     Runner* ready_head_ = nullptr;
     Runner* ready_tail_ = nullptr;
     std::size_t ready_size_ = 0;

@@ -194,7 +194,7 @@ public:
                 if (body->pending_)
                     body->abandon(); // cancelled before it started: it never runs
                 else
-                    body->resume_.resume(); // runs until the body first suspends or ends
+                    g->loop_->resume(body->resume_); // until the body first suspends or ends
                 g->loop_->flush_graveyard();
             }
             if (parent.pending_) // cancelled from outside while the body ran

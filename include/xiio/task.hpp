@@ -1,13 +1,15 @@
 #pragma once
 // Task<T>: the lazy coroutine type, and run(), which drives a loop until a task finished.
 //
-// Who resumes whom: `co_await child` binds the child to the awaiting task's Runner and
-// resumes it right there, inside await_suspend. If the child finishes without suspending,
-// await_suspend returns false and the parent simply continues: no resume chain builds up,
-// so a loop over a million synchronously completing tasks uses constant stack even where
-// symmetric transfer is not a tail call (g++ 12 at -O0/-O1 and under sanitizers). If the
-// child suspends at a leaf, the loop later resumes that leaf's frame; when the child
-// finishes, its final_suspend transfers to the parent.
+// Who resumes whom: `co_await child` binds the child to the awaiting task's Runner,
+// suspends the parent and hands the child to the loop's trampoline (Loop::resume), which
+// resumes it as soon as the parent's frame has returned. When the child finishes, its
+// final_suspend hands the parent back to the trampoline the same way. No frame is ever
+// resumed from inside another frame's await_suspend, so neither a loop over a million
+// synchronously completing tasks nor a task that awaits itself 100,000 levels deep builds
+// up stack, even where symmetric transfer is not a tail call (g++ 12 at -O0/-O1 and under
+// sanitizers). If the child suspends at a leaf, the trampoline has nothing left and
+// returns to the loop, which later resumes the leaf's frame through the trampoline again.
 
 #include <xiio/loop.hpp>
 
@@ -36,21 +38,18 @@ struct PromiseBase {
     Runner* runner_ = nullptr;
     std::coroutine_handle<> continuation_; // the awaiting frame; null for a runner's root
     std::exception_ptr exception_;
-    bool inline_ = false; // being run from the parent's await_suspend
     bool done_ = false;
 
     struct FinalAwaiter {
         bool await_ready() const noexcept { return false; }
         template <class P>
-        std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) const noexcept {
+        void await_suspend(std::coroutine_handle<P> h) const noexcept {
             PromiseBase& p = h.promise();
             p.done_ = true;
-            if (p.inline_)
-                return std::noop_coroutine(); // the parent's await_suspend returns false
             if (p.continuation_)
-                return p.continuation_;
-            p.runner_->finished();
-            return std::noop_coroutine();
+                p.runner_->loop->resume_next(p.continuation_); // once this frame returned
+            else
+                p.runner_->finished();
         }
         void await_resume() const noexcept {}
     };
@@ -126,14 +125,11 @@ public:
             return false;
         }
         template <detail::XiioPromise P>
-        bool await_suspend(std::coroutine_handle<P> parent) {
+        void await_suspend(std::coroutine_handle<P> parent) noexcept {
             promise_type& child = h_.promise();
             child.runner_ = parent.promise().runner_;
             child.continuation_ = parent;
-            child.inline_ = true;
-            h_.resume();
-            child.inline_ = false;
-            return !child.done_;
+            child.runner_->loop->resume_next(h_); // runs once the parent's frame returned
         }
         T await_resume() { return h_.promise().take(); }
     };
