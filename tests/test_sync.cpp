@@ -2,6 +2,8 @@
 #include "helpers.hpp"
 
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -41,6 +43,43 @@ Task<void> lock_and_log(xiio::Lock& l, std::vector<int>& log, int id) {
     log.push_back(id);
     co_await xiio::yield();
 }
+
+/// What Fragile's copy and move throw.
+struct MoveError : std::runtime_error {
+    MoveError() : std::runtime_error("Fragile: move failed") {}
+};
+
+/// A value whose copy and move throw while it is poisoned and `armed` is set: for the
+/// queue's strong guarantee. They throw before changing anything, as a throwing move must
+/// for a container to offer a strong guarantee.
+struct Fragile {
+    static inline thread_local bool armed = false;
+    int value = 0;
+    bool poisoned = false;
+
+    explicit Fragile(int v, bool p = false) : value(v), poisoned(p) {}
+    Fragile(const Fragile& o) : value(o.value), poisoned(o.poisoned) { check(); }
+    Fragile(Fragile&& o) : value(o.value), poisoned(o.poisoned) { check(); }
+    Fragile& operator=(const Fragile& o) {
+        o.check();
+        value = o.value;
+        poisoned = o.poisoned;
+        return *this;
+    }
+    Fragile& operator=(Fragile&& o) { return *this = static_cast<const Fragile&>(o); }
+    void check() const {
+        if (poisoned && armed)
+            throw MoveError();
+    }
+};
+
+/// Sets Fragile::armed for its scope (also when a check fails and throws).
+struct Armed {
+    Armed() { Fragile::armed = true; }
+    ~Armed() { Fragile::armed = false; }
+    Armed(const Armed&) = delete;
+    Armed& operator=(const Armed&) = delete;
+};
 
 } // namespace
 
@@ -472,5 +511,164 @@ TEST_CASE("a waiter cancelled in the middle of the queue is skipped and the next
         });
         CHECK(log == std::vector<int>{1, 3});
         CHECK(sem.available() == 0);
+    });
+}
+
+TEST_CASE("a put whose value cannot be moved in throws and stores nothing") {
+    run([]() -> Task<void> {
+        xiio::Queue<Fragile> q(2);
+        // Built unarmed and awaited as an lvalue (g++ 12 moves an awaiter given as an
+        // xvalue, which would throw first): only the store may throw.
+        auto put = q.put(Fragile(1, true));
+        {
+            Armed armed;
+            CHECK_THROWS_AS(co_await put, MoveError);
+        }
+        CHECK(q.size() == 0);
+        co_await q.put(Fragile(2));
+        auto v = co_await q.get();
+        REQUIRE(v);
+        CHECK(v->value == 2);
+    });
+}
+
+TEST_CASE("a put whose value cannot be handed to a waiting getter leaves that getter waiting") {
+    run([]() -> Task<void> {
+        xiio::Queue<Fragile> q(1);
+        std::optional<Fragile> got;
+        auto getter = [&]() -> Task<void> { got = co_await q.get(); };
+        auto r = co_await xiio::move_on_after(2s, [&]() -> Task<void> {
+            co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+                tg.add_task(getter());
+                co_await xiio::yield();             // the getter waits
+                auto put = q.put(Fragile(1, true)); // awaited as an lvalue, see above
+                {
+                    Armed armed;
+                    CHECK_THROWS_AS(co_await put, MoveError);
+                }
+                CHECK(q.size() == 0);
+                co_await q.put(Fragile(2)); // the getter still waits and gets this one
+            });
+        }());
+        CHECK(r); // no hang: the getter was not lost
+        REQUIRE(got);
+        CHECK(got->value == 2);
+        CHECK(q.size() == 0);
+    });
+}
+
+TEST_CASE("a get whose value cannot be moved out throws and leaves the value first in line") {
+    run([]() -> Task<void> {
+        xiio::Queue<Fragile> q(2);
+        co_await q.put(Fragile(1, true));
+        co_await q.put(Fragile(2));
+        {
+            Armed armed;
+            CHECK_THROWS_AS(co_await q.get(), MoveError);
+        }
+        CHECK(q.size() == 2);
+        auto a = co_await q.get();
+        auto b = co_await q.get();
+        REQUIRE(a);
+        REQUIRE(b);
+        CHECK(a->value == 1);
+        CHECK(b->value == 2);
+    });
+}
+
+TEST_CASE("a woken getter that cannot move its value out leaves it to the next getter") {
+    run([]() -> Task<void> {
+        xiio::Queue<Fragile> q(1);
+        bool first_failed = false;
+        std::optional<Fragile> second;
+        auto first = [&]() -> Task<void> {
+            try {
+                co_await q.get();
+            } catch (const MoveError&) {
+                first_failed = true;
+            }
+            Fragile::armed = false;
+        };
+        auto next = [&]() -> Task<void> { second = co_await q.get(); };
+        auto r = co_await xiio::move_on_after(2s, [&]() -> Task<void> {
+            co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+                tg.add_task(first());
+                tg.add_task(next());
+                co_await xiio::yield();           // both wait
+                co_await q.put(Fragile(1, true)); // handed to `first`, which has not run yet
+                Fragile::armed = true;            // so its move out throws
+            });
+        }());
+        Fragile::armed = false;
+        CHECK(r);
+        CHECK(first_failed);
+        REQUIRE(second);
+        CHECK(second->value == 1);
+        CHECK(q.size() == 0);
+
+        // With no other getter waiting, the value stays queued for the next get.
+        std::optional<Fragile> lost;
+        auto lone = [&]() -> Task<void> {
+            try {
+                lost = co_await q.get();
+            } catch (const MoveError&) {
+            }
+        };
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(lone());
+            co_await xiio::yield();
+            co_await q.put(Fragile(2, true));
+            Fragile::armed = true;
+            co_await xiio::yield(); // `lone` runs and fails
+            Fragile::armed = false;
+        });
+        CHECK_FALSE(lost);
+        CHECK(q.size() == 1);
+        auto v = co_await q.get();
+        REQUIRE(v);
+        CHECK(v->value == 2);
+    });
+}
+
+TEST_CASE("a get succeeds when the refill from a waiting putter throws, and that putter gets "
+          "the error") {
+    run([]() -> Task<void> {
+        xiio::Queue<Fragile> q(1);
+        co_await q.put(Fragile(1));
+        int putter_errors = 0;
+        bool second_done = false;
+        auto bad_putter = [&]() -> Task<void> {
+            try {
+                co_await q.put(Fragile(2, true));
+            } catch (const MoveError&) {
+                ++putter_errors;
+            }
+        };
+        auto good_putter = [&]() -> Task<void> {
+            co_await q.put(Fragile(3));
+            second_done = true;
+        };
+        std::optional<Fragile> got;
+        auto r = co_await xiio::move_on_after(2s, [&]() -> Task<void> {
+            co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+                tg.add_task(bad_putter());
+                tg.add_task(good_putter());
+                co_await xiio::yield(); // both wait: the queue is full
+                {
+                    Armed armed; // the get frees the slot; moving 2 in throws
+                    got = co_await q.get();
+                }
+            });
+        }());
+        CHECK(r); // no putter was stranded
+        REQUIRE(got);
+        CHECK(got->value == 1);
+        CHECK(putter_errors == 1);
+        CHECK(second_done); // the slot went to the next putter
+        CHECK(q.size() == 1);
+        auto v = co_await q.get();
+        REQUIRE(v);
+        CHECK(v->value == 3);
+        CHECK(q.size() == 0);
     });
 }

@@ -5,11 +5,13 @@
 // into the primitive's FIFO list of waiters (no allocation, no timer, no polling). Waking
 // is a hand-off: the waker unlinks the first waiter, transfers what it gets (a permit, the
 // lock, a value, or the acceptance of its value) into its node and wakes it; the waiter
-// consumes that in await_resume, always. If the task is cancelled after it was handed
-// something but before it resumed, the runtime keeps the cancellation pending for its next
-// co_await (see Loop::throw_in), so nothing is lost. A waiter cancelled while still linked
-// was handed nothing: the waker skips woken nodes, and the waiter unlinks itself when it
-// resumes and throws. So a cancelled waiter takes nothing and loses nothing.
+// consumes that in await_resume, always. (A Queue hands a getter a claim on a value that
+// stays queued until the getter moves it out: a move that throws loses nothing.) If the
+// task is cancelled after it was handed something but before it resumed, the runtime keeps
+// the cancellation pending for its next co_await (see Loop::throw_in), so nothing is lost.
+// A waiter cancelled while still linked was handed nothing: the waker skips woken nodes,
+// and the waiter unlinks itself when it resumes and throws. So a cancelled waiter takes
+// nothing and loses nothing.
 //
 // Loop-local: use a primitive only from tasks of one loop (or before it runs).
 
@@ -17,6 +19,7 @@
 
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <optional>
 #include <stdexcept>
 #include <utility>
@@ -70,6 +73,17 @@ struct SyncList {
             unlink(*n);
             if (!n->wait->woken)
                 return n;
+        }
+        return nullptr;
+    }
+    /// The first waiter that still waits, left linked (woken ones are unlinked and skipped),
+    /// or null: for a hand-off that may throw before it is done, which must leave the
+    /// waiter waiting if it does.
+    SyncNode* front() noexcept {
+        while (SyncNode* n = head) {
+            if (!n->wait->woken)
+                return n;
+            unlink(*n);
         }
         return nullptr;
     }
@@ -278,8 +292,37 @@ private:
 /// A bounded FIFO channel between tasks of one loop.
 /// put() waits while full; get() waits while empty. close() makes later puts and waiting
 /// puts throw ClosedError; getters drain what is queued, then get std::nullopt.
+///
+/// Strong guarantee: if moving a value throws (or the queue cannot grow), nothing is lost
+/// and nobody is woken for nothing. A put whose value cannot be stored throws and stores
+/// nothing (a waiting getter keeps waiting); a get whose value cannot be moved into its
+/// result throws and leaves the value queued, first in line (passed to the next waiting
+/// getter, if any; the queue may then hold one more than its capacity); a waiting put
+/// whose value cannot be moved in when a get freed its slot is woken with that exception
+/// (the get succeeds), and the next waiting put gets the slot.
+///
+/// The queue must outlive every get awaiting it, also one a put woke that has not run yet:
+/// the value stays in the queue until that get takes it.
 template <class T>
 class Queue {
+    // A getter claims a value when it is due one (at once if one is queued, or from the
+    // put that wakes it) and moves it out when it runs, which may be later (a put woke it;
+    // a get that completes at once may yield to the loop before it resumes). The
+    // value stays in items_ until that single move, straight into the getter's result,
+    // succeeded: a throwing move then loses nothing. The claimed values are the first
+    // `claimed_` of items_; a getter holds a pointer to its own (deque references survive
+    // pushes at the back and pops of other elements at the front), so getters that run
+    // out of order still get the values in the order they claimed them. Taken values are
+    // popped once every older one is taken too. A claimed value whose getter cannot take
+    // it goes to the next waiting getter, or becomes an orphan: claimed by nobody, the
+    // oldest value of the queue, claimed by the next get.
+    struct Slot {
+        explicit Slot(T&& v) : value(std::move(v)) {}
+        T value;
+        bool taken = false;
+        bool orphan = false;
+    };
+
 public:
     explicit Queue(std::size_t capacity) : capacity_(capacity) {
         if (capacity == 0)
@@ -288,7 +331,8 @@ public:
     Queue(const Queue&) = delete;
     Queue& operator=(const Queue&) = delete;
 
-    std::size_t size() const noexcept { return items_.size(); }
+    /// The values queued (not those already due to a getter that has not run yet).
+    std::size_t size() const noexcept { return items_.size() - claimed_ + orphans_; }
     std::size_t capacity() const noexcept { return capacity_; }
     bool closed() const noexcept { return closed_; }
 
@@ -300,6 +344,8 @@ public:
         putters_.wake_all(detail::SyncNode::closed);
     }
 
+    class Getter;
+
     class Putter : public detail::SyncWaiter<Putter, void> {
         using Base = detail::SyncWaiter<Putter, void>;
 
@@ -308,20 +354,25 @@ public:
         Putter(Putter&& o) noexcept(std::is_nothrow_move_constructible_v<T>)
             : Base(std::move(o)), q_(o.q_), value_(std::move(o.value_)) {}
         ~Putter() = default;
+        // Stores with deque::emplace_back (strong): if it throws, the exception leaves
+        // await_suspend into this task, the value is still ours, and a waiting getter
+        // stays linked (it leaves the list only after the store).
         bool try_now() {
             if (q_->closed_) {
                 this->node_.state = detail::SyncNode::closed;
                 return true;
             }
-            if (detail::SyncNode* n = q_->getters_.pop()) {
-                // A getter waits, so the queue is empty: hand the value over directly.
-                static_cast<Getter*>(n->owner)->slot_.emplace(std::move(*value_));
-                n->state = detail::SyncNode::handed;
-                n->wait->runner->loop->wake(*n->wait);
+            if (detail::SyncNode* n = q_->getters_.front()) {
+                // A getter waits, so every queued value is claimed: this one is the next,
+                // and the getter's.
+                q_->items_.emplace_back(std::move(*value_));
+                ++q_->claimed_;
+                q_->getters_.unlink(*n);
+                q_->hand(*n, q_->items_.back());
                 return true;
             }
-            if (q_->items_.size() < q_->capacity_) {
-                q_->items_.push_back(std::move(*value_));
+            if (q_->size() < q_->capacity_) {
+                q_->items_.emplace_back(std::move(*value_));
                 return true;
             }
             return false;
@@ -329,6 +380,8 @@ public:
         detail::SyncList& list() noexcept { return q_->putters_; }
         void await_resume() {
             this->finish_wait();
+            if (error_) // accepted by a get's refill, but the value could not be moved in
+                std::rethrow_exception(std::exchange(error_, nullptr));
             if (this->node_.state == detail::SyncNode::closed)
                 throw ClosedError();
         }
@@ -337,6 +390,7 @@ public:
         friend class Queue;
         Queue* q_;
         std::optional<T> value_;
+        std::exception_ptr error_;
     };
 
     class Getter : public detail::SyncWaiter<Getter, std::optional<T>> {
@@ -345,51 +399,140 @@ public:
     public:
         explicit Getter(Queue& q) noexcept : q_(&q) {}
         Getter(Getter&& o) noexcept : Base(std::move(o)), q_(o.q_) {}
-        ~Getter() = default;
-        bool try_now() {
-            if (!q_->items_.empty()) {
-                slot_.emplace(std::move(q_->items_.front()));
-                q_->items_.pop_front();
-                q_->refill();
-                return true;
+        // Destroyed with a claim it did not take (its frame destroyed before it ran: loop
+        // teardown): the value stays queued as an orphan. Nobody is woken: no task is left
+        // to run.
+        ~Getter() {
+            if (slot_) {
+                slot_->orphan = true;
+                ++q_->orphans_;
             }
-            if (!q_->closed_)
+        }
+        bool try_now() noexcept {
+            if (Slot* s = q_->claim())
+                slot_ = s;
+            else if (!q_->closed_)
                 return false;
-            this->node_.state = detail::SyncNode::closed; // closed and drained: nullopt
+            else
+                this->node_.state = detail::SyncNode::closed; // closed and drained: nullopt
             return true;
         }
         detail::SyncList& list() noexcept { return q_->getters_; }
         std::optional<T> await_resume() {
             this->finish_wait();
-            return std::move(slot_);
+            if (!slot_) // closed
+                return std::nullopt;
+            Take take{*this};
+            // A prvalue: built in place as the caller's result, no second move.
+            return std::optional<T>(std::in_place, std::move(slot_->value));
         }
 
     private:
         friend class Queue;
-        friend class Putter;
+
+        /// Ends a take after the result was built (its destructor runs after the return
+        /// value is constructed): the value is taken, or, if the move threw (an exception
+        /// more is in flight), it stays queued and goes to someone else.
+        struct Take {
+            Getter& g;
+            int unwinding = std::uncaught_exceptions();
+            ~Take() {
+                Slot& s = *std::exchange(g.slot_, nullptr);
+                if (std::uncaught_exceptions() > unwinding)
+                    g.q_->release(s);
+                else
+                    g.q_->taken(s);
+            }
+        };
+
         Queue* q_;
-        std::optional<T> slot_;
+        Slot* slot_ = nullptr; // the claimed value
     };
 
-    /// Appends `value`, waiting while the queue is full. ClosedError if it is closed.
+    /// Appends `value`, waiting while the queue is full. Throws ClosedError if the queue is
+    /// (or gets) closed, and whatever moving `value` into the queue throws (then nothing is
+    /// inserted). A cancellation point while it waits; a cancelled put inserts nothing.
     [[nodiscard]] Putter put(T value) { return Putter(*this, std::move(value)); }
     /// The oldest value, waiting while the queue is empty; std::nullopt once it is closed
-    /// and drained.
+    /// and drained. Throws whatever moving the value into the result throws (the value
+    /// then stays queued, first in line). A cancellation point while it waits; a cancelled
+    /// get takes nothing.
     [[nodiscard]] Getter get() noexcept { return Getter(*this); }
 
 private:
-    /// A slot became free: accept the first waiting putter's value.
-    void refill() {
-        if (auto* n = putters_.pop()) {
+    /// Claims the oldest unclaimed value for a get that does not wait, or null. The orphans
+    /// come first (they are older than every unclaimed value); they are found by a walk
+    /// over the claimed values, which only a failed take makes necessary.
+    Slot* claim() noexcept {
+        Slot* s = nullptr;
+        if (orphans_ > 0) {
+            for (Slot& c : items_)
+                if (c.orphan) {
+                    s = &c;
+                    break;
+                }
+            s->orphan = false;
+            --orphans_;
+        } else if (claimed_ < items_.size()) {
+            s = &items_[claimed_++];
+        } else {
+            return nullptr;
+        }
+        refill(); // a slot was freed
+        return s;
+    }
+
+    /// Gives the claimed value `s` to the waiting getter `n` (unlinked) and wakes it.
+    void hand(detail::SyncNode& n, Slot& s) noexcept {
+        static_cast<Getter*>(n.owner)->slot_ = &s;
+        n.state = detail::SyncNode::handed;
+        n.wait->runner->loop->wake(*n.wait);
+    }
+
+    /// The claimed value `s` was moved out: pop the taken values at the front.
+    void taken(Slot& s) noexcept {
+        s.taken = true;
+        while (!items_.empty() && items_.front().taken) {
+            items_.pop_front();
+            --claimed_;
+        }
+    }
+
+    /// A getter could not take its claimed value `s`: the next waiting getter gets it (no
+    /// move needed), else it is left for the next get.
+    void release(Slot& s) noexcept {
+        if (detail::SyncNode* n = getters_.pop()) {
+            hand(*n, s);
+        } else {
+            s.orphan = true;
+            ++orphans_;
+        }
+    }
+
+    /// A slot became free: accept the first waiting putter's value. noexcept: the get that
+    /// freed the slot succeeds regardless. A putter whose value cannot be moved in (its
+    /// move throws, or the deque cannot grow) is woken with that exception, and the slot
+    /// goes to the next putter.
+    void refill() noexcept {
+        while (size() < capacity_) {
+            detail::SyncNode* n = putters_.pop();
+            if (!n)
+                return;
             Putter* p = static_cast<Putter*>(n->owner);
-            items_.push_back(std::move(*p->value_));
+            try {
+                items_.emplace_back(std::move(*p->value_));
+            } catch (...) {
+                p->error_ = std::current_exception();
+            }
             n->state = detail::SyncNode::handed;
             n->wait->runner->loop->wake(*n->wait);
         }
     }
 
     std::size_t capacity_;
-    std::deque<T> items_;
+    std::deque<Slot> items_;  // oldest first; the first claimed_ are claimed
+    std::size_t claimed_ = 0; // of which orphans_ are claimed by nobody
+    std::size_t orphans_ = 0;
     bool closed_ = false;
     detail::SyncList getters_;
     detail::SyncList putters_;
