@@ -540,3 +540,35 @@ TEST_CASE("a Condition whose timer cannot be added throws bad_alloc and leaves t
           "[no-valgrind]") {
     sweep_allocation_failures([] { return xiio::Condition{.time = xiio::Clock::now() + 1ms}; });
 }
+
+// A read that always finds data completes without suspending: its task held the loop.
+TEST_CASE("fairness: a reader of an always-ready fd does not delay timers or other tasks") {
+    run([]() -> Task<void> {
+        xiio::Fd zero(::open("/dev/zero", O_RDONLY | O_CLOEXEC));
+        REQUIRE(zero);
+        xiio::Future<int> set;
+        set.set_result(1);
+        bool stop = false;
+        long reads = 0, awaits = 0;
+        auto reader = [&]() -> Task<void> {
+            char c;
+            for (auto end = xiio::Clock::now() + 2s; !stop && xiio::Clock::now() < end;)
+                reads += static_cast<long>(co_await xiio::read(zero, std::span<char>(&c, 1)));
+        };
+        auto waiter = [&]() -> Task<void> { // a future that is already set: the same
+            for (auto end = xiio::Clock::now() + 2s; !stop && xiio::Clock::now() < end;)
+                awaits += co_await set;
+        };
+        xiio::Clock::duration late{};
+        auto observer = [&]() -> Task<void> {
+            auto start = xiio::Clock::now();
+            co_await xiio::sleep(10ms);
+            late = xiio::Clock::now() - start - 10ms;
+            stop = true;
+        };
+        co_await xiio::gather(observer(), reader(), waiter()); // the observer sleeps first
+        CHECK(late < std::chrono::milliseconds(5 * slack_scale()));
+        CHECK(reads > 0);
+        CHECK(awaits > 0);
+    });
+}

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <sys/wait.h>
@@ -327,4 +328,69 @@ TEST_CASE("faults: sockets that cannot be created or accepted throw system_error
         co_await xiio::read_exactly(s.fd(), buf);
         CHECK(std::string(buf, 2) == "ok");
     });
+}
+
+// ---- fairness: awaits that keep completing at once still give the loop back --------------
+
+namespace {
+
+/// Runs `spinner(stop)` (a task whose awaits complete without suspending until `stop` is
+/// set, or for 2 s at most) beside a task that measures a 10 ms sleep and one that waits for
+/// a signal another thread sends after 20 ms; both must come within a few ms.
+template <class Spinner>
+void check_not_starved(Spinner spinner) {
+    auto slack = std::chrono::milliseconds(5 * slack_scale());
+    run([&]() -> Task<void> {
+        auto sub = xiio::subscribe_signals({SIGUSR1});
+        int finished = 0;
+        bool stop = false;
+        xiio::Clock::duration slept{}, signalled{};
+        std::atomic<xiio::Clock::rep> raised_at{0};
+        auto observer = [&]() -> Task<void> {
+            auto start = xiio::Clock::now();
+            co_await xiio::sleep(10ms);
+            slept = xiio::Clock::now() - start;
+            stop = ++finished == 2;
+        };
+        auto receiver = [&]() -> Task<void> {
+            co_await sub.next();
+            signalled = xiio::Clock::now() -
+                        xiio::Clock::time_point(xiio::Clock::duration(raised_at.load()));
+            stop = ++finished == 2;
+        };
+        pthread_t loop_thread = ::pthread_self();
+        std::thread raiser([&] {
+            std::this_thread::sleep_for(20ms);
+            raised_at = xiio::Clock::now().time_since_epoch().count();
+            ::pthread_kill(loop_thread, SIGUSR1); // blocked there: pending on the signalfd
+        });
+        // The spinner is added last: the other two wait already when it starts to spin.
+        co_await xiio::gather(observer(), receiver(), spinner(stop));
+        raiser.join();
+        using MsD = std::chrono::duration<double, std::milli>;
+        double slept_ms = MsD(slept).count(), signalled_ms = MsD(signalled).count();
+        INFO("sleep(10ms) took " << slept_ms << " ms, the signal " << signalled_ms << " ms");
+        CHECK(slept < 10ms + slack);
+        CHECK(signalled < slack);
+    });
+}
+
+} // namespace
+
+// An accept that keeps failing (EMFILE) completes without suspending: a server that catches
+// the error and retries at once held the loop forever (timers, signals, other clients).
+TEST_CASE("fairness: a loop of failing accepts does not delay a timer or a signal") {
+    auto l = xiio::Listener::tcp("127.0.0.1", 0);
+    Inject faults(fail(Call::accept, EMFILE));
+    long errors = 0;
+    check_not_starved([&](bool& stop) -> Task<void> {
+        for (auto end = xiio::Clock::now() + 2s; !stop && xiio::Clock::now() < end;) {
+            try {
+                co_await l.accept();
+            } catch (const std::system_error&) {
+                ++errors;
+            }
+        }
+    });
+    CHECK(errors > 0);
 }

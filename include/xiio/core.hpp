@@ -34,6 +34,22 @@ bool begin_wait(Wait& w, std::coroutine_handle<P> h) noexcept {
     return true;
 }
 
+/// Fairness: a leaf that completes without suspending (a read of an fd that is always
+/// ready, an accept that keeps failing, a future already set) calls this. Every `budget`
+/// such completions in a row, the task must give the loop back: true means the leaf
+/// suspends after all, its outcome kept, and the task is queued behind every ready task
+/// (as by yield), so timers, signals, fds and other tasks run first. No Wait is registered
+/// for it: a cancellation that arrives meanwhile stays pending for the next co_await
+/// rather than throwing away an operation that completed. tokio's cooperative budget
+/// does the same.
+inline bool out_of_budget(Runner& r, std::coroutine_handle<> h) noexcept {
+    if (--r.budget_ != 0)
+        return false;
+    r.resume_ = h;
+    r.loop->schedule(&r);
+    return true;
+}
+
 /// Removes `w`'s registrations and throws what was thrown in while it waited.
 inline void end_wait(Wait& w) {
     if (!w.runner)
@@ -179,8 +195,10 @@ public:
         bool await_ready() const noexcept { return false; }
         template <detail::XiioPromise P>
         bool await_suspend(std::coroutine_handle<P> h) {
-            if (!detail::begin_wait(w_, h) || f_->done())
+            if (!detail::begin_wait(w_, h))
                 return false;
+            if (f_->done())
+                return detail::out_of_budget(*w_.runner, h);
             node_.wait = &w_;
             node_.reads_value = true;
             w_.futures = {&node_, 1};

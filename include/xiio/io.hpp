@@ -179,8 +179,8 @@ public:
         if constexpr (is_io()) {
             blocking_ = !nonblocking(ref_, loop);
             if (!blocking_ && attempt()) {
-                w_.runner = nullptr; // nothing registered: end_wait has nothing to undo
-                return false;
+                Runner& r = *std::exchange(w_.runner, nullptr); // nothing to undo at the end
+                return out_of_budget(r, h);
             }
         }
         this->wait = &w_;
@@ -192,8 +192,7 @@ public:
         if (!loop.attach(*this, ref_.state)) { // a regular file: always ready
             if constexpr (is_io())
                 attempt();
-            w_.runner = nullptr;
-            return false;
+            return out_of_budget(*std::exchange(w_.runner, nullptr), h);
         }
         loop.suspend(*w_.runner, w_, h);
         return true;

@@ -70,6 +70,10 @@ struct Runner {
     Wait* wait_ = nullptr;           // the leaf it is suspended in, while not yet woken
     std::exception_ptr pending_;     // thrown at its next co_await (thrown in while running)
     Runner* next_ready_ = nullptr;
+    /// Awaits it may still complete without suspending before it must yield (see
+    /// out_of_budget in core.hpp); refilled whenever the loop resumes it.
+    static constexpr unsigned budget = 128;
+    unsigned budget_ = budget;
     bool queued_ = false;
     bool started_ = true;        // group members start false: never run if cancelled first
     Runner* prev_all_ = nullptr; // the loop's list of live runners (for failures, accounting)
@@ -382,6 +386,7 @@ public:
                     continue;
                 }
             }
+            r->budget_ = Runner::budget;
             resume(r->resume_);
             flush_graveyard();
         }

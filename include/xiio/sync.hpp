@@ -124,7 +124,7 @@ public:
             return false;               // cancelled before waiting: takes nothing, throws
         node_.state = SyncNode::handed; // try_now() may say closed instead
         if (static_cast<Derived*>(this)->try_now())
-            return false;
+            return out_of_budget(*w_.runner, h); // takes what it got when it resumes
         node_.wait = &w_;
         node_.owner = static_cast<Derived*>(this);
         node_.state = SyncNode::waiting;
