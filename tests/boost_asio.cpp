@@ -6,6 +6,9 @@
 
 #include <xiio/asio.hpp>
 
+#include <atomic>
+#include <limits>
+
 using namespace test;
 using xiio::Task;
 namespace net = boost::asio;
@@ -65,4 +68,52 @@ TEST_CASE("on_asio on Boost.Asio: exceptions of the xiio task reach the Boost co
                           }());
                       }),
                       "from xiio");
+}
+
+TEST_CASE("on_asio on Boost.Asio: a task that keeps yielding starves no fd or job") {
+    // As in test_asio.cpp: the descriptor waits stay armed while tasks are ready, and Boost's
+    // scheduler polls its reactor between posted handlers.
+    long after_write = -1, after_job = -1;
+    bool gave_up = false;
+    boost_run([&]() -> net::awaitable<void> {
+        Pipe p;
+        auto ex = co_await net::this_coro::executor;
+        std::atomic<long> yields{0};
+        long at_write = -1;
+        bool done = false;
+        net::steady_timer t(ex, 10ms);
+        t.async_wait([&](boost::system::error_code) {
+            if (::write(p.w.get(), "x", 1) == 1)
+                at_write = yields.load();
+        });
+        auto busy = [&]() -> Task<void> {
+            auto limit = xiio::Clock::now() + 2s;
+            while (!done) {
+                if (xiio::Clock::now() >= limit) {
+                    gave_up = true;
+                    co_return;
+                }
+                co_await xiio::yield();
+                yields.fetch_add(1);
+            }
+        };
+        auto waiter = [&]() -> Task<void> {
+            co_await xiio::read(p.r, 1);
+            after_write = yields.load() - at_write;
+            after_job = std::numeric_limits<long>::max();
+            for (int i = 0; i < 3 && !gave_up; ++i) { // the best of 3: a worker may be preempted
+                std::atomic<long> at_end{0};
+                auto job = [&] { at_end = yields.load(); };
+                co_await xiio::in_thread(job);
+                after_job = std::min(after_job, yields.load() - at_end.load());
+            }
+            done = true;
+        };
+        co_await xiio::on_asio(xiio::gather(busy(), waiter()));
+    });
+    INFO("the reader resumed after " << after_write << " yields, the job's task after "
+                                     << after_job);
+    CHECK_FALSE(gave_up);
+    CHECK(after_write < 1000);
+    CHECK(after_job < 1000);
 }

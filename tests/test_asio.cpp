@@ -7,6 +7,9 @@
 #include <asio/experimental/awaitable_operators.hpp>
 
 #include <array>
+#include <atomic>
+#include <limits>
+#include <thread>
 
 #include <poll.h>
 
@@ -213,7 +216,10 @@ public:
         throw std::logic_error("hosted: the host waits");
     }
 
-    /// The host's own waiting step.
+    /// The host's own waiting step, once per iteration as under run(): with a zero timeout
+    /// while tasks are ready (deadline min()), so that a task that keeps yielding starves
+    /// no fd (nor the eventfd of in_thread completions); skipped when it could neither
+    /// block nor report anything (nothing to watch), so plain yields cost no syscall.
     void poll_once(xiio::Clock::time_point deadline, std::vector<xiio::detail::PollEvent>& out) {
         std::vector<pollfd> fds;
         for (auto& [fd, i] : interest_)
@@ -228,6 +234,8 @@ public:
             timeout = 0;
         else if (deadline != xiio::Clock::time_point::max())
             timeout = static_cast<int>(std::chrono::ceil<Ms>(deadline - now).count());
+        if (fds.empty() && timeout == 0)
+            return;
         int n = ::poll(fds.data(), fds.size(), timeout);
         if (n < 0)
             throw std::system_error(errno, std::system_category(), "poll");
@@ -292,6 +300,121 @@ TEST_CASE("the loop's seam is general: a poll(2) host loop runs xiio tasks") {
     });
     CHECK(polls >= 1);
     leaks.check();
+}
+
+// ---- fairness: a task that keeps yielding starves no other wake-up, under any host -------
+
+namespace {
+
+/// What a sibling that only yields costs a task waiting for `what`: how many times it
+/// yielded between the event and the waiter's resumption.
+enum class Wakeup { pipe, job, timer };
+struct Starvation {
+    long yields = -1;
+    bool starved = false; // the busy task gave up (after 2 s) before the waiter resumed
+};
+
+/// The events: a pipe made readable by another thread (counted once the write returned), an
+/// in_thread job's completion (counted at the job's end; the best of three, so that a worker
+/// preempted before it posts does not count), a due timer (counted from the busy task's
+/// first yield after the deadline).
+Task<Starvation> starvation(Wakeup what) {
+    std::atomic<long> yields{0}; // other threads read it
+    bool done = false, gave_up = false;
+    auto due = xiio::Clock::time_point::max();
+    long at_due = -1;
+    auto busy = [&]() -> Task<void> {
+        auto limit = xiio::Clock::now() + 2s;
+        while (!done) {
+            auto now = xiio::Clock::now();
+            if (now >= due && at_due < 0)
+                at_due = yields.load();
+            if (now >= limit) {
+                gave_up = true;
+                co_return;
+            }
+            co_await xiio::yield();
+            yields.fetch_add(1);
+        }
+    };
+    auto waiter = [&]() -> Task<Starvation> {
+        co_await xiio::yield(); // the busy task runs from now on
+        long best = std::numeric_limits<long>::max();
+        if (what == Wakeup::pipe) {
+            Pipe p;
+            std::atomic<long> at{0};
+            std::jthread writer([&] {
+                std::this_thread::sleep_for(10ms);
+                if (::write(p.w.get(), "x", 1) == 1)
+                    at = yields.load();
+            });
+            co_await xiio::read(p.r, 1);
+            long resumed = yields.load();
+            writer.join();
+            best = resumed - at.load();
+        } else if (what == Wakeup::job) {
+            for (int i = 0; i < 3 && !gave_up; ++i) {
+                std::atomic<long> at{0};
+                auto job = [&] { at = yields.load(); };
+                co_await xiio::in_thread(job);
+                best = std::min(best, yields.load() - at.load());
+            }
+        } else {
+            due = xiio::Clock::now() + 20ms;
+            co_await xiio::sleep_until(due);
+            best = at_due < 0 ? 0 : yields.load() - at_due; // fired before busy saw it due
+        }
+        done = true;
+        co_return Starvation{best, gave_up};
+    };
+    auto [_, s] = co_await xiio::gather(busy(), waiter());
+    co_return s;
+}
+
+/// Checks that `probe` (a host running starvation()) sees every wake-up within few yields.
+template <class Probe>
+void check_fairness(Probe probe) {
+    constexpr long bound = 1000; // a starved waiter waits ~10^5 yields (the busy task's 2 s)
+    for (auto [what, name] : {std::pair{Wakeup::pipe, "a pipe written by another thread"},
+                              std::pair{Wakeup::job, "an in_thread job's completion"},
+                              std::pair{Wakeup::timer, "a due timer"}}) {
+        Starvation s = probe(what);
+        INFO(name << ": resumed after " << s.yields << " yields of the busy task");
+        CHECK_FALSE(s.starved);
+        CHECK(s.yields < bound);
+    }
+}
+
+} // namespace
+
+TEST_CASE("run(), the reference: a task that keeps yielding starves no fd, job or timer") {
+    check_fairness([](Wakeup what) { return run([&] { return starvation(what); }); });
+}
+
+TEST_CASE("on_asio: a task that keeps yielding starves no fd, job or timer") {
+    check_fairness([](Wakeup what) {
+        Starvation s;
+        asio_run([&]() -> asio::awaitable<void> { s = co_await xiio::on_asio(starvation(what)); });
+        return s;
+    });
+}
+
+TEST_CASE("the poll(2) host: a task that keeps yielding starves no fd, job or timer") {
+    check_fairness([](Wakeup what) {
+        int polls = 0;
+        return host_run(starvation(what), polls);
+    });
+}
+
+TEST_CASE("the poll(2) host: ready tasks and no fd to watch cost no poll(2)") {
+    int polls = -1;
+    host_run(
+        []() -> Task<void> {
+            for (int i = 0; i < 100; ++i)
+                co_await xiio::yield();
+        }(),
+        polls);
+    CHECK(polls == 0);
 }
 
 TEST_CASE("on_asio: sync waits and socket operations can be run on Asio") {

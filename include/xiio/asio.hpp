@@ -6,7 +6,10 @@
 // How: the task gets a loop of its own whose Poller is an AsioPoller, and the awaitable
 // returned by on_asio drives that loop's phases (run_ready, next_deadline, deliver) from
 // Asio instead of blocking in epoll: it waits on a steady_timer set to the next deadline,
-// which the descriptors' handlers cancel when an fd becomes ready.
+// which the descriptors' handlers cancel when an fd becomes ready. While tasks are ready it
+// posts itself instead, and the descriptor waits stay armed meanwhile: Asio's scheduler
+// polls its reactor (without blocking) between posted handlers, so fds and the eventfd of
+// in_thread completions are seen within an iteration or two, as under run().
 //
 // Standalone Asio by default; define XIIO_USE_BOOST_ASIO before including this header for
 // Boost.Asio. Cancelling from the Asio side needs per-operation cancellation (Asio 1.19,
@@ -92,6 +95,7 @@ public:
         w.interest = events;
         w.oneshot = oneshot;
         ++w.generation;
+        unarmed_ = true;
         return 0;
     }
     int modify(int fd, unsigned events, bool oneshot) {
@@ -100,6 +104,7 @@ public:
             return add(fd, events, oneshot);
         it->second.interest = events;
         it->second.oneshot = oneshot;
+        unarmed_ = true;
         return 0;
     }
     void remove(int fd) noexcept {
@@ -111,18 +116,24 @@ public:
         watches_.erase(it);
     }
 
-    /// Starts an async_wait for every wanted direction that has none pending.
+    /// Starts an async_wait for every wanted direction that has none pending. Called every
+    /// iteration, also while tasks are ready (a wait that is armed only before the loop
+    /// sleeps lets a task that keeps yielding starve every fd); free unless an interest
+    /// changed or a wait completed since the last call.
     void arm() {
+        if (!unarmed_)
+            return;
         for (auto& [fd, w] : watches_)
             for (unsigned ev : {unsigned(READ), unsigned(WRITE)})
                 if ((w.interest & ev) && !(w.pending & ev)) {
-                    w.pending |= ev;
                     auto type = ev == READ ? net::posix::stream_descriptor::wait_read
                                            : net::posix::stream_descriptor::wait_write;
                     w.sd->async_wait(type,
                                      [self = shared_from_this(), fd = fd, ev, gen = w.generation](
                                          net_error_code ec) { self->on_ready(fd, ev, gen, ec); });
+                    w.pending |= ev;
                 }
+        unarmed_ = false; // not before: if async_wait threw, the next call tries again
     }
 
     /// Waits until `deadline` or until an fd handler cancels the timer.
@@ -159,6 +170,7 @@ private:
             return; // removed (or replaced) since: a stale completion
         Watch& w = it->second;
         w.pending &= ~ev;
+        unarmed_ = true;
         if (ec == net::error::operation_aborted || !(w.interest & ev))
             return;
         ready_.push_back({fd, ec ? unsigned(READ | WRITE) : ev}); // errors wake both, as epoll
@@ -171,6 +183,7 @@ private:
     net::steady_timer timer_;
     std::unordered_map<int, Watch> watches_;
     std::vector<PollEvent> ready_;
+    bool unarmed_ = false; // a wanted direction may have no async_wait pending
 };
 
 /// The loop's Poller, mapped onto Asio descriptors; waiting is done by on_asio().
@@ -235,12 +248,13 @@ detail::net::awaitable<T> on_asio(Task<T> task) {
             loop.throw_in(root, std::make_exception_ptr(CancelledError{}));
             continue;
         }
-        if (deadline == Clock::time_point::min()) {
+        // Arm before either path: while tasks are ready the post below lets Asio poll its
+        // reactor, which reports only the descriptors that have a wait pending.
+        state->arm();
+        if (deadline == Clock::time_point::min())
             co_await net::post(co_await net::this_coro::executor, net::use_awaitable);
-        } else {
-            state->arm();
+        else
             co_await state->wait(deadline);
-        }
         detail::HostedStep step(loop);
         loop.deliver(state->take());
     }
