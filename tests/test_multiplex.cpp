@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <stdexcept>
+#include <thread>
 
 using namespace test;
 using xiio::Task;
@@ -699,5 +700,73 @@ TEST_CASE("add_task after the last member finished, before the parent resumed, i
         };
         co_await xiio::gather(outsider(), xiio::task_group(body));
         CHECK(threw);
+    });
+}
+
+// ---- a deadline against a hand-off in the same iteration ----------------------------------
+
+namespace {
+
+/// Makes the deadline of a `d`-long move_on_after and a hand-off `d - 1ms` from now fall due
+/// in the same loop iteration: a blocker holds the loop past both, then the hand-off runs
+/// first (its timer is earlier) and wakes the body, and the deadline fires after it.
+Task<void> block_loop_for(std::chrono::milliseconds d) {
+    co_await xiio::yield();
+    std::this_thread::sleep_for(d);
+}
+
+} // namespace
+
+// The timer's cancellation found the body already woken by the put and stayed pending; the
+// body returned the value, and move_on_after reported a timeout: the item had left the queue
+// and nobody had it.
+TEST_CASE("move_on_after whose body was handed a queue item as the deadline passed returns it") {
+    run([]() -> Task<void> {
+        xiio::Queue<int> q(1);
+        std::optional<std::optional<int>> got;
+        auto getter = [&]() -> Task<void> { got = co_await xiio::move_on_after(6ms, q.get()); };
+        auto putter = [&]() -> Task<void> {
+            co_await xiio::sleep(5ms);
+            co_await q.put(42);
+        };
+        co_await xiio::gather(getter(), putter(), block_loop_for(20ms));
+        REQUIRE(got.has_value()); // not a timeout
+        REQUIRE(got->has_value());
+        CHECK(**got == 42);
+    });
+}
+
+TEST_CASE("timeout whose body was handed a permit as the deadline passed keeps it, no error") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(0);
+        bool acquired = false;
+        auto acquirer = [&]() -> Task<void> {
+            co_await xiio::timeout(6ms, sem.acquire());
+            acquired = true;
+        };
+        auto releaser = [&]() -> Task<void> {
+            co_await xiio::sleep(5ms);
+            sem.release();
+        };
+        co_await xiio::gather(acquirer(), releaser(), block_loop_for(20ms));
+        CHECK(acquired);
+        // The permit is held by the acquirer, not free and not lost: nobody else gets one.
+        auto again = co_await xiio::move_on_after(5ms, sem.acquire());
+        CHECK(!again);
+    });
+}
+
+// A body that saw the cancellation (and swallowed it) still timed out, as API.md says.
+TEST_CASE("a body that caught the deadline's cancellation and returned a value still timed out") {
+    run([]() -> Task<void> {
+        auto body = []() -> Task<int> {
+            try {
+                co_await xiio::sleep(1s);
+            } catch (const xiio::CancelledError&) {
+            }
+            co_return 7;
+        };
+        auto r = co_await xiio::move_on_after(5ms, body());
+        CHECK(!r);
     });
 }

@@ -422,6 +422,19 @@ auto make_body(B& b) {
 template <class B>
 using timeout_value_t = typename decltype(make_body(std::declval<B&>()))::value_type;
 
+/// `co_await cancellation_pending()`: whether an exception thrown into this task waits for
+/// its next co_await (it was not delivered yet). Never suspends, takes nothing.
+struct cancellation_pending {
+    bool pending = false;
+    bool await_ready() const noexcept { return false; }
+    template <XiioPromise P>
+    bool await_suspend(std::coroutine_handle<P> h) noexcept {
+        pending = h.promise().runner_->pending_ != nullptr;
+        return false;
+    }
+    bool await_resume() const noexcept { return pending; }
+};
+
 /// Runs `body` in a group with a timer member that cancels the group at `deadline`.
 /// Returns the body's value, or nullopt if the deadline passed first.
 template <class R, class B>
@@ -459,6 +472,12 @@ run_with_deadline(Clock::time_point deadline, B body) {
             throw;
         }
         finished = true;
+        // The deadline passed in the very iteration in which a hand-off (a put, a release,
+        // bytes, a connection) had woken the body: the timer's cancellation found it woken
+        // and stayed pending, and the body completed without ever seeing it. It was not
+        // cancelled, and what it was handed must not be lost: its value stands.
+        if (expired && co_await cancellation_pending())
+            expired = false;
         tg.cancel(); // stops the timer; the body gets no cancellation: it awaits no more
     };
     co_await task_group(std::ref(group_body));
