@@ -7,6 +7,7 @@
 
 #include <fmt/core.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -33,9 +34,11 @@ xiio::Task<void> writer(xiio::Socket& s, Outbox& outbox) {
         co_await s.send_all(*line);
 }
 
+// A client's error (a reset, say) ends that client only: thrown out of client(), it would
+// make the server's group cancel everyone. CancelledError is no std::exception: it goes on.
 xiio::Task<void> client(xiio::Socket s, Room& room, int id) {
     Member me(room);
-    co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
+    auto body = [&](xiio::TaskGroup& tg) -> xiio::Task<void> {
         tg.add_task(writer(s, *me.outbox));
         std::string pending;
         char buf[4096];
@@ -55,7 +58,12 @@ xiio::Task<void> client(xiio::Socket s, Room& room, int id) {
             }
         }
         me.outbox->close(); // the writer drains it, then ends
-    });
+    };
+    try {
+        co_await xiio::task_group(body);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "chat: client {}: {}\n", id, e.what());
+    }
 }
 
 xiio::Task<void> serve(std::uint16_t port) {
@@ -64,8 +72,20 @@ xiio::Task<void> serve(std::uint16_t port) {
     std::fflush(stdout);
     Room room;
     co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
-        for (int id = 1;; ++id)
-            tg.add_task(client(co_await listener.accept(), room, id));
+        for (int id = 1, reported = 0;; ++id) {
+            try {
+                tg.add_task(client(co_await listener.accept(), room, id));
+                reported = 0;
+                continue;
+            } catch (const std::system_error& e) { // out of fds: see echo_server.cpp
+                int err = e.code().value();
+                if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
+                    throw; // any other accept error ends the server
+                if (!reported++)
+                    fmt::print(stderr, "chat: {}; retrying every 100 ms\n", e.what());
+            }
+            co_await xiio::sleep(std::chrono::milliseconds(100)); // back off, don't spin
+        }
     });
 }
 

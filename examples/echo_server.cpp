@@ -7,24 +7,46 @@
 
 #include <fmt/core.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
-// Echoes until the client closes (or the server shuts down).
+using namespace std::chrono_literals;
+
+// Echoes until the client closes (or the server shuts down). A member of a group that
+// throws cancels the whole group: a client's reset must end this connection only, so its
+// errors stop here. CancelledError is no std::exception: a shutdown still goes through.
 xiio::Task<void> serve(xiio::Socket client) {
-    std::vector<char> buf(16 * 1024);
-    while (std::size_t n = co_await client.recv(buf))
-        co_await client.send_all(std::string_view(buf.data(), n));
+    try {
+        std::vector<char> buf(16 * 1024);
+        while (std::size_t n = co_await client.recv(buf))
+            co_await client.send_all(std::string_view(buf.data(), n));
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "echo_server: connection dropped: {}\n", e.what());
+    }
 }
 
+// Out of fds or memory, accept fails at once, without suspending: retrying at once would
+// spin. Back off instead; the connections we have go on, and end, which frees fds.
 xiio::Task<void> accept_loop(xiio::Listener& listener, xiio::TaskGroup& tg) {
-    for (;;) {
-        xiio::Socket client = co_await listener.accept();
-        tg.add_task(serve(std::move(client)));
+    for (bool reported = false;;) {
+        try {
+            tg.add_task(serve(co_await listener.accept()));
+            reported = false;
+            continue;
+        } catch (const std::system_error& e) {
+            int err = e.code().value();
+            if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
+                throw; // any other accept error ends the server
+            if (!std::exchange(reported, true))
+                fmt::print(stderr, "echo_server: {}; retrying every 100 ms\n", e.what());
+        }
+        co_await xiio::sleep(100ms); // outside the handler: no co_await in a catch
     }
 }
 
@@ -43,13 +65,11 @@ xiio::Task<void> main_task(std::uint16_t port) {
 
 int main(int argc, char** argv) {
     std::uint16_t port = 0;
-    for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-            port = static_cast<std::uint16_t>(std::atoi(argv[++i]));
-        } else {
-            fmt::print(stderr, "usage: {} [--port N]\n", argv[0]);
-            return 2;
-        }
+    if (argc == 3 && std::strcmp(argv[1], "--port") == 0) {
+        port = static_cast<std::uint16_t>(std::atoi(argv[2]));
+    } else if (argc != 1) {
+        fmt::print(stderr, "usage: {} [--port N]\n", argv[0]);
+        return 2;
     }
     try {
         xiio::run(main_task(port));

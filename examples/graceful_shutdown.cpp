@@ -10,6 +10,8 @@
 
 using namespace std::chrono_literals;
 
+// This job cannot fail. One that can catches its own errors (as echo_server.cpp's serve()
+// does): an exception that leaves a job cancels the group, every job in flight with it.
 xiio::Task<void> job(int id, int& done) {
     co_await xiio::sleep(200ms); // the work in flight, e.g. a request being answered
     ++done;
