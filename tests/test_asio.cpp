@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <poll.h>
+#include <sys/wait.h>
 
 using namespace test;
 using xiio::Task;
@@ -440,4 +441,78 @@ TEST_CASE("on_asio: sync waits and socket operations can be run on Asio") {
         auto n = co_await xiio::on_asio(s.recv(buf));
         CHECK(std::string_view(buf.data(), n) == "hi");
     });
+}
+
+// ---- teardown: a host destroyed while tasks are suspended ----------------------------------
+
+namespace {
+
+/// What the torn-down tasks run: a group whose members sleep, read a pipe, wait in a
+/// nested group, wait for a child process, and one added but not started yet.
+Task<void> busy_tree(Pipe& p, bool& all_started) {
+    auto body = [&](xiio::TaskGroup& tg) -> Task<void> {
+        tg.add_task(xiio::sleep(10s));
+        tg.add_task(xiio::read(p.r, 10));
+        auto nested = [](xiio::TaskGroup& inner) -> Task<void> {
+            inner.add_task(xiio::sleep(20s));
+            co_await xiio::sleep(30s);
+        };
+        tg.add_task(xiio::task_group(nested));
+        std::vector<std::string> cmd{"sleep", "10"};
+        tg.add_task(xiio::run_process(cmd));
+        co_await xiio::sleep(20ms); // all of them are suspended now, the child runs
+        all_started = true;
+        tg.add_task(xiio::sleep(1ms)); // queued, never started
+        co_await xiio::sleep(10s);
+    };
+    co_await xiio::task_group(body);
+}
+
+/// No child of this process is left, zombie or running.
+bool no_children() {
+    int status;
+    return ::waitpid(-1, &status, WNOHANG) == -1 && errno == ECHILD;
+}
+
+} // namespace
+
+// The group's destructor asserted that it had no members (debug) and leaked them and their
+// frames (NDEBUG), leaving the child of run_process a zombie.
+TEST_CASE("on_asio: destroying the io_context with tasks suspended in groups leaks nothing") {
+    LeakCheck leaks;
+    bool all_started = false;
+    {
+        Pipe p;
+        asio::io_context ctx;
+        asio::co_spawn(ctx, xiio::on_asio(busy_tree(p, all_started)), asio::detached);
+        for (auto end = xiio::Clock::now() + 2s; !all_started && xiio::Clock::now() < end;)
+            ctx.run_for(5ms);
+        CHECK(all_started);
+    } // stopped and destroyed here, with every task suspended
+    CHECK(no_children());
+    leaks.check();
+}
+
+TEST_CASE("a poll(2) host stopped with tasks suspended in groups leaks nothing") {
+    LeakCheck leaks;
+    bool all_started = false;
+    {
+        Pipe p;
+        auto poller = std::make_unique<PollHost>();
+        PollHost* host = poller.get();
+        xiio::detail::Loop loop(std::move(poller));
+        xiio::detail::CurrentLoop current(loop);
+        xiio::detail::RootRunner<void> root(loop, busy_tree(p, all_started), "host");
+        std::vector<xiio::detail::PollEvent> events;
+        for (auto end = xiio::Clock::now() + 2s; !all_started && xiio::Clock::now() < end;) {
+            loop.run_ready();
+            events.clear();
+            host->poll_once(loop.next_deadline(), events);
+            loop.deliver(events);
+        }
+        CHECK(all_started);
+        loop.run_ready(); // the last member starts after all; the body waits again
+    } // the host stops: root, then the loop, are destroyed with every task suspended
+    CHECK(no_children());
+    leaks.check();
 }

@@ -32,6 +32,10 @@ using xiio::Task;
 
 extern char** environ;
 
+// The examples are built only with XIIO_BUILD_EXAMPLES: without them there is nothing to
+// drive (and the helpers below would be unused).
+#if defined(XIIO_ECHO_SERVER) || defined(XIIO_CHAT)
+
 namespace {
 
 /// An fd closed when it goes (members of a half-built ServerProcess close too).
@@ -454,5 +458,7 @@ TEST_CASE("chat out of fds backs off without spinning and recovers when clients 
     CHECK(heard.ends_with("] back again\n"));
     CHECK(server.running());
 }
+
+#endif
 
 #endif

@@ -177,6 +177,21 @@ public:
         ++ready_size_;
     }
 
+    /// Takes `r` out of the ready queue (a walk: only for teardown, see Runner::retire).
+    void unschedule(Runner& r) noexcept {
+        Runner* prev = nullptr;
+        for (Runner* x = ready_head_; x; prev = x, x = x->next_ready_) {
+            if (x != &r)
+                continue;
+            (prev ? prev->next_ready_ : ready_head_) = r.next_ready_;
+            if (ready_tail_ == &r)
+                ready_tail_ = prev;
+            --ready_size_;
+            r.queued_ = false;
+            return;
+        }
+    }
+
     /// The first part of `w` that fired: make its runner ready.
     void wake(Wait& w) noexcept {
         if (w.woken)
@@ -750,8 +765,11 @@ inline Runner::Runner(Loop& l) noexcept : loop(&l) {
     l.link(*this);
 }
 inline void Runner::retire() noexcept {
-    if (loop)
-        std::exchange(loop, nullptr)->unlink(*this);
+    if (!loop)
+        return;
+    if (queued_) // only when a loop is torn down with tasks still queued
+        loop->unschedule(*this);
+    std::exchange(loop, nullptr)->unlink(*this);
 }
 
 inline void WaiterList::push(FutureNode& n) noexcept {

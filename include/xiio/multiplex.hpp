@@ -131,7 +131,25 @@ public:
     }
     TaskGroup(const TaskGroup&) = delete;
     TaskGroup& operator=(const TaskGroup&) = delete;
-    ~TaskGroup() { assert(size_ == 0); }
+    /// Normally every member has finished. A group destroyed with members left is a loop
+    /// torn down while tasks were suspended (a host such as Asio destroyed its io_context):
+    /// the parent's frame is being destroyed, so the members' frames are destroyed too
+    /// (their awaiters unregister, nested groups tear down the same way, a run_process
+    /// kills and reaps its child), and they leave the loop's queues. A member still
+    /// referred to by a TaskHandle stays, as cancelled and never done.
+    ~TaskGroup() {
+        if (joined_ && join_.runner && join_.runner->wait_ == &join_)
+            join_.runner->wait_ = nullptr;
+        while (detail::MemberBase* m = members_) {
+            members_ = m->gnext_;
+            m->group_ = nullptr;
+            m->cancelled_ = true;
+            if (auto frame = m->release_frame())
+                frame.destroy();
+            m->retire();
+            m->self_.reset(); // may destroy m
+        }
+    }
 
     /// Queues `task` as a member; it starts once the adding task suspends (or finishes).
     template <class T>

@@ -12,6 +12,7 @@
 #include <xiio/multiplex.hpp>
 
 #include <cstdlib>
+#include <new>
 #include <optional>
 #include <spawn.h>
 #include <stdexcept>
@@ -119,11 +120,32 @@ struct Child {
     bool reaped = false;
     int returncode = 0;
 
+    Child() = default;
+    Child(Child&&) noexcept = default;
+    Child& operator=(Child&&) = delete;
+    /// The last resort: a child whose caller could not wait for it (an exception where
+    /// run_process could not even start stopping it: a failed allocation of the frame of
+    /// terminate(), or of the result; the frame destroyed with the loop) is killed and
+    /// reaped here, never left running or a zombie. Blocks only until a SIGKILLed child is
+    /// gone.
+    ~Child() {
+        if (!pidfd || reaped)
+            return;
+        signal(SIGKILL);
+        siginfo_t info{};
+        // By pid, not pidfd: the pidfd is non-blocking once the loop watched it, and a
+        // blocking waitid on it answers EAGAIN instead of waiting (a zombie was left).
+        retry_eintr([&] { return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED); });
+    }
+
     /// Reaps the child, which must have exited (pidfd readable); fills returncode.
     void reap(int options = WEXITED | WNOHANG) {
         siginfo_t info{};
+        // A blocking reap goes by pid: on a non-blocking pidfd it would answer EAGAIN.
+        bool block = !(options & WNOHANG);
         if (retry_eintr([&] {
-                return ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, options);
+                return block ? ::waitid(P_PID, static_cast<id_t>(pid), &info, options)
+                             : ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, options);
             }) != 0)
             throw_errno("waitid");
         if (info.si_pid == 0)
@@ -160,19 +182,35 @@ inline Child spawn(const std::vector<std::string>& cmd, const ProcessOptions& op
     if (exe.empty())
         throw std::system_error(search_error, std::system_category(), "posix_spawn " + cmd.front());
 
+    // The file actions allocate (glibc's malloc): one that fails must fail the spawn, not
+    // start a child that writes to our stdout or runs in the wrong directory.
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
-    posix_spawn_file_actions_init(&fa);
+    int setup = posix_spawn_file_actions_init(&fa);
+    if (setup != 0)
+        throw std::bad_alloc(); // its only error is ENOMEM
     posix_spawnattr_init(&attr);
+    auto step = [&setup](int rc) {
+        if (setup == 0)
+            setup = rc;
+    };
     if (in >= 0)
-        posix_spawn_file_actions_adddup2(&fa, in, 0);
+        step(posix_spawn_file_actions_adddup2(&fa, in, 0));
     if (out >= 0)
-        posix_spawn_file_actions_adddup2(&fa, out, 1);
+        step(posix_spawn_file_actions_adddup2(&fa, out, 1));
     if (err >= 0)
-        posix_spawn_file_actions_adddup2(&fa, err, 2);
-    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+        step(posix_spawn_file_actions_adddup2(&fa, err, 2));
+    step(posix_spawn_file_actions_addclosefrom_np(&fa, 3));
     if (opts.cwd)
-        posix_spawn_file_actions_addchdir_np(&fa, opts.cwd->c_str());
+        step(posix_spawn_file_actions_addchdir_np(&fa, opts.cwd->c_str()));
+    if (setup != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        posix_spawnattr_destroy(&attr);
+        if (setup == ENOMEM)
+            throw std::bad_alloc();
+        throw std::system_error(setup, std::system_category(),
+                                "posix_spawn_file_actions " + cmd.front());
+    }
     sigset_t none, defaults;
     sigemptyset(&none);
     sigemptyset(&defaults);
@@ -234,7 +272,10 @@ inline Task<void> wait_exit(Child& child) {
 inline Task<void> terminate(Child& child, Clock::duration grace) {
     std::exception_ptr error; // a cancellation during the grace period: kill at once
     try {
-        child.reap();
+        // wait_exit may have reaped it already, before a sibling failed: waiting for it
+        // again would be ECHILD, which would replace the error that brought us here.
+        if (!child.reaped)
+            child.reap();
         if (!child.reaped) {
             child.signal(SIGTERM);
             co_await move_on_after(grace, wait_exit(child));
@@ -269,6 +310,9 @@ inline Task<void> terminate(Child& child, Clock::duration grace) {
 inline Task<CompletedProcess> run_process(std::vector<std::string> cmd, ProcessOptions opts = {}) {
     if (cmd.empty())
         throw std::invalid_argument("xiio::run_process: empty command");
+    // Everything that allocates comes before the child starts or inside the try below,
+    // which stops the child on any failure (and ~Child is the last resort).
+    CompletedProcess result{cmd, 0, {}, {}};
     Fd in_r, in_w, out_r, out_w, err_r, err_w;
     if (opts.input)
         std::tie(in_r, in_w) = detail::make_pipe();
@@ -282,7 +326,6 @@ inline Task<CompletedProcess> run_process(std::vector<std::string> cmd, ProcessO
     out_w.close();
     err_w.close();
 
-    CompletedProcess result{cmd, 0, {}, {}};
     std::exception_ptr error;
     try {
         auto io = [&](TaskGroup& tg) -> Task<void> {
