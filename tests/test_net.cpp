@@ -379,3 +379,52 @@ TEST_CASE("a connect_unix waiting for room in a full backlog can be cancelled") 
         CHECK(!connected.empty());
     });
 }
+
+TEST_CASE("send_all and send of a temporary string passed to add_task own the bytes") {
+    for (std::size_t n : {std::size_t(3), std::size_t(1 << 20)}) { // SSO-short, heap-long
+        CAPTURE(n);
+        run([n]() -> Task<void> {
+            auto l = xiio::Listener::tcp("127.0.0.1", 0);
+            auto pair = co_await xiio::gather(xiio::connect_tcp("127.0.0.1", l.port()), l.accept());
+            auto& [c, s] = pair;
+            std::string got;
+            co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+                // The temporary dies at the end of the statement; the task runs later.
+                tg.add_task(c.send_all(pattern(n)));
+                std::vector<char> buf(64 * 1024);
+                while (got.size() < n) {
+                    std::size_t k = co_await s.recv(buf);
+                    if (k == 0)
+                        break;
+                    got.append(buf.data(), k);
+                }
+            });
+            CHECK(got.size() == n);
+            CHECK(got == pattern(n));
+
+            // One send() of a short temporary (the socket buffer takes it at once).
+            std::string three;
+            co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+                tg.add_task(c.send(std::string("abc")));
+                std::array<char, 3> buf{};
+                while (three.size() < 3) {
+                    std::size_t k = co_await s.recv(std::span(buf).first(3 - three.size()));
+                    if (k == 0)
+                        break;
+                    three.append(buf.data(), k);
+                }
+            });
+            CHECK(three == "abc");
+        });
+    }
+}
+
+TEST_CASE("send_all of an lvalue borrows it, zero-copy") {
+    std::string s = "abc";
+    xiio::Socket sock;
+    static_assert(
+        std::is_same_v<decltype(sock.send_all(s)), decltype(sock.send_all(std::string_view(s)))>);
+    static_assert(std::is_same_v<decltype(sock.send(s)), decltype(sock.send("abc"))>);
+    static_assert(
+        !std::is_same_v<decltype(sock.send_all(std::string(s))), decltype(sock.send_all(s))>);
+}

@@ -13,9 +13,12 @@
 
 #include <climits>
 #include <cstddef>
+#include <ranges>
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -134,6 +137,60 @@ struct ConstBytes {
     const char* data;
     std::size_t size;
 };
+
+/// Write data that an awaitable takes over rather than borrows: an rvalue that owns its
+/// bytes (std::string&&, std::vector<char>&&, std::vector<std::byte>&&, any rvalue that is
+/// not a view). An awaitable is often kept past the statement that made it (`add_task`,
+/// `gather`, a Task stored for later), and a temporary dies at the end of that statement:
+/// `tg.add_task(writeall(fd, "x" + s))` must not keep a pointer into it. A view (an
+/// rvalue string_view or span, a borrowed range, a pointer) and every lvalue are borrowed
+/// as before: zero-copy, and the caller keeps them alive across the await, as usual.
+template <class B>
+concept OwnedWriteData =
+    !std::is_lvalue_reference_v<B> && !std::is_pointer_v<std::remove_cvref_t<B>> &&
+    !std::ranges::enable_borrowed_range<std::remove_cvref_t<B>> &&
+    !std::is_same_v<std::remove_cvref_t<B>, ConstBytes> &&
+    std::is_constructible_v<std::remove_cvref_t<B>, B&&> &&
+    std::is_convertible_v<const std::remove_cvref_t<B>&, ConstBytes>;
+
+/// What a write awaitable keeps of borrowed data: nothing (it holds the view only).
+struct Borrowed {};
+
+/// The bytes of a write awaitable: a view, plus, when Keep is not Borrowed, the object the
+/// view points into. Such an object moves with the awaitable (into a TaskGroup, into the
+/// coroutine frame of detail::wrap, ...), and a short std::string's bytes move with it (they
+/// live inside the object: SSO), so every move points the view at the new object again.
+/// For Borrowed, keep is empty and takes no room: the borrowed path costs what it did.
+template <class Keep>
+struct WriteData {
+    explicit WriteData(ConstBytes data) noexcept
+        requires(std::is_same_v<Keep, Borrowed>)
+        : view(data) {}
+    template <class B>
+        requires(!std::is_same_v<Keep, Borrowed>)
+    explicit WriteData(std::in_place_t,
+                       B&& owned) noexcept(std::is_nothrow_constructible_v<Keep, B&&>)
+        : keep(std::forward<B>(owned)), view(std::as_const(keep)) {}
+    WriteData(WriteData&& o) noexcept(std::is_nothrow_move_constructible_v<Keep>)
+        : keep(std::move(o.keep)), view(o.view) {
+        if constexpr (!std::is_same_v<Keep, Borrowed>)
+            view = ConstBytes(std::as_const(keep));
+    }
+    WriteData& operator=(WriteData&&) = delete;
+
+    [[no_unique_address]] Keep keep;
+    ConstBytes view;
+};
+
+/// The Keep of write data `B`: Borrowed, or the decayed type of an owned rvalue.
+template <class B>
+using keep_t = std::conditional_t<OwnedWriteData<B>, std::remove_cvref_t<B>, Borrowed>;
+
+/// Whether making the WriteData of `B` cannot throw (moving a std::string or a vector in
+/// cannot; copying a const rvalue can).
+template <class B>
+inline constexpr bool nothrow_write_data_v =
+    !OwnedWriteData<B> || std::is_nothrow_constructible_v<std::remove_cvref_t<B>, B&&>;
 
 /// Whether `ref` may be tried without blocking. An Fd is made non-blocking on first use.
 inline bool nonblocking(FdRef& ref, Loop& loop) {
@@ -274,19 +331,30 @@ private:
     std::string buf_;
 };
 
-class WriteOp : public FdOp<WriteOp, std::size_t, WRITE> {
+/// write(); Keep: see WriteData (Borrowed, or the owned rvalue's type).
+template <class Keep>
+class BasicWriteOp : public FdOp<BasicWriteOp<Keep>, std::size_t, WRITE> {
+    using Base = FdOp<BasicWriteOp<Keep>, std::size_t, WRITE>;
+
 public:
-    WriteOp(FdRef fd, ConstBytes data) noexcept : FdOp(fd), data_(data) {}
+    BasicWriteOp(FdRef fd, ConstBytes data) noexcept
+        requires(std::is_same_v<Keep, Borrowed>)
+        : Base(fd), data_(data) {}
+    BasicWriteOp(FdRef fd, WriteData<Keep>&& data) noexcept(
+        std::is_nothrow_move_constructible_v<WriteData<Keep>>)
+        : Base(fd), data_(std::move(data)) {}
     ssize_t call() noexcept {
         // A ready blocking pipe takes PIPE_BUF bytes without blocking, not necessarily more.
-        std::size_t n = blocking_ ? std::min<std::size_t>(data_.size, PIPE_BUF) : data_.size;
-        return sys::write(ref_.fd, data_.data, n);
+        std::size_t size = data_.view.size;
+        std::size_t n = this->blocking_ ? std::min<std::size_t>(size, PIPE_BUF) : size;
+        return sys::write(this->ref_.fd, data_.view.data, n);
     }
-    std::size_t await_resume() { return finish("write"); }
+    std::size_t await_resume() { return this->finish("write"); }
 
 private:
-    ConstBytes data_;
+    WriteData<Keep> data_;
 };
+using WriteOp = BasicWriteOp<Borrowed>;
 
 /// read_exactly and writeall without a coroutine frame: one leaf that moves bytes until
 /// the whole buffer is done, waiting (in the same Wait) whenever the fd runs dry. Each
@@ -321,34 +389,45 @@ private:
     bool eof_ = false;
 };
 
-/// writeall (write) and Socket::send_all (send with MSG_NOSIGNAL).
-class WriteAllOp : public FdOp<WriteAllOp, void, WRITE> {
+/// writeall (write) and Socket::send_all (send with MSG_NOSIGNAL); Keep: see WriteData.
+template <class Keep>
+class BasicWriteAllOp : public FdOp<BasicWriteAllOp<Keep>, void, WRITE> {
+    using Base = FdOp<BasicWriteAllOp<Keep>, void, WRITE>;
+
 public:
-    WriteAllOp(FdRef fd, ConstBytes data, bool send) noexcept
-        : FdOp(fd), data_(data), send_(send) {}
-    WriteAllOp(WriteAllOp&& o) noexcept : FdOp(std::move(o)), data_(o.data_), send_(o.send_) {}
+    BasicWriteAllOp(FdRef fd, ConstBytes data, bool send) noexcept
+        requires(std::is_same_v<Keep, Borrowed>)
+        : Base(fd), data_(data), send_(send) {}
+    BasicWriteAllOp(FdRef fd, WriteData<Keep>&& data,
+                    bool send) noexcept(std::is_nothrow_move_constructible_v<WriteData<Keep>>)
+        : Base(fd), data_(std::move(data)), send_(send) {}
+    BasicWriteAllOp(BasicWriteAllOp&& o) noexcept(
+        std::is_nothrow_move_constructible_v<WriteData<Keep>>)
+        : Base(std::move(o)), data_(std::move(o.data_)), send_(o.send_) {}
     ssize_t call() noexcept {
-        while (done_ < data_.size) {
-            std::size_t n = data_.size - done_;
-            if (blocking_) // a ready blocking pipe takes PIPE_BUF bytes without blocking
+        const ConstBytes& d = data_.view;
+        while (done_ < d.size) {
+            std::size_t n = d.size - done_;
+            if (this->blocking_) // a ready blocking pipe takes PIPE_BUF bytes without blocking
                 n = std::min<std::size_t>(n, PIPE_BUF);
-            ssize_t r = send_ ? sys::send(ref_.fd, data_.data + done_, n, MSG_NOSIGNAL)
-                              : sys::write(ref_.fd, data_.data + done_, n);
+            ssize_t r = send_ ? sys::send(this->ref_.fd, d.data + done_, n, MSG_NOSIGNAL)
+                              : sys::write(this->ref_.fd, d.data + done_, n);
             if (r < 0)
                 return r;
             done_ += static_cast<std::size_t>(r);
-            if (blocking_ && done_ < data_.size)
+            if (this->blocking_ && done_ < d.size)
                 return sys::failed(EAGAIN);
         }
         return static_cast<ssize_t>(done_);
     }
-    void await_resume() { finish(send_ ? "send" : "write"); }
+    void await_resume() { this->finish(send_ ? "send" : "write"); }
 
 private:
-    ConstBytes data_;
+    WriteData<Keep> data_;
     std::size_t done_ = 0;
     bool send_;
 };
+using WriteAllOp = BasicWriteAllOp<Borrowed>;
 
 template <unsigned Ev>
 class WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
@@ -376,9 +455,19 @@ inline detail::ReadOp read(detail::FdRef fd, detail::MutableBytes buffer) {
 inline detail::ReadStringOp read(detail::FdRef fd, std::size_t max_size) {
     return detail::ReadStringOp(fd, max_size);
 }
-/// One successful write(): the number of bytes written.
+/// One successful write(): the number of bytes written. `data` is borrowed (the caller
+/// keeps it alive until the write is done), except an rvalue that owns its bytes
+/// (`write(fd, std::string(...))`), which the awaitable takes over (see writeall).
 inline detail::WriteOp write(detail::FdRef fd, detail::ConstBytes data) {
     return detail::WriteOp(fd, data);
+}
+/// write() of an rvalue that owns its bytes: the awaitable keeps it (moved in, no copy).
+template <class B>
+    requires detail::OwnedWriteData<B>
+detail::BasicWriteOp<detail::keep_t<B>> write(detail::FdRef fd,
+                                              B&& data) noexcept(detail::nothrow_write_data_v<B>) {
+    using Keep = detail::keep_t<B>;
+    return {fd, detail::WriteData<Keep>(std::in_place, std::forward<B>(data))};
 }
 
 /// Fills `buffer`, or throws IncompleteReadError (with the bytes read so far) at EOF.
@@ -389,8 +478,23 @@ inline detail::ReadExactlyOp read_exactly(detail::FdRef fd, detail::MutableBytes
 
 /// Writes all of `data` (as many write() calls as it takes). A light awaitable (no
 /// coroutine frame); converts to Task<void>.
+///
+/// `data` is borrowed when it is an lvalue or a view (a named string, a string_view, a
+/// span, a literal): zero-copy, and it must outlive the await. An rvalue that owns its
+/// bytes (std::string&&, std::vector<char>&&, std::vector<std::byte>&&) is moved into
+/// the awaitable, which keeps it until it is destroyed, so a temporary never dangles:
+/// `tg.add_task(writeall(fd, "x" + s))` and `gather(writeall(fd, std::string(...)), ...)`
+/// are safe, though the task runs after the statement that made the temporary ended.
 inline detail::WriteAllOp writeall(detail::FdRef fd, detail::ConstBytes data) {
     return detail::WriteAllOp(fd, data, false);
+}
+/// writeall() of an rvalue that owns its bytes: the awaitable keeps it (moved in, no copy).
+template <class B>
+    requires detail::OwnedWriteData<B>
+detail::BasicWriteAllOp<detail::keep_t<B>>
+writeall(detail::FdRef fd, B&& data) noexcept(detail::nothrow_write_data_v<B>) {
+    using Keep = detail::keep_t<B>;
+    return {fd, detail::WriteData<Keep>(std::in_place, std::forward<B>(data)), false};
 }
 
 } // namespace xiio

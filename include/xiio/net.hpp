@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include <arpa/inet.h>
@@ -121,15 +122,43 @@ private:
     std::span<char> buf_;
 };
 
-class SendOp : public FdOp<SendOp, std::size_t, WRITE> {
+/// One send(); Keep: Borrowed, or the owned rvalue's type (see WriteData in io.hpp).
+template <class Keep>
+class BasicSendOp : public FdOp<BasicSendOp<Keep>, std::size_t, WRITE> {
+    using Base = FdOp<BasicSendOp<Keep>, std::size_t, WRITE>;
+
 public:
-    SendOp(const Fd& fd, std::string_view data) noexcept : FdOp(fd), data_(data) {}
-    ssize_t call() noexcept { return sys::send(ref_.fd, data_.data(), data_.size(), MSG_NOSIGNAL); }
-    std::size_t await_resume() { return finish("send"); }
+    BasicSendOp(const Fd& fd, ConstBytes data) noexcept
+        requires(std::is_same_v<Keep, Borrowed>)
+        : Base(fd), data_(data) {}
+    BasicSendOp(const Fd& fd, WriteData<Keep>&& data) noexcept(
+        std::is_nothrow_move_constructible_v<WriteData<Keep>>)
+        : Base(fd), data_(std::move(data)) {}
+    ssize_t call() noexcept {
+        return sys::send(this->ref_.fd, data_.view.data, data_.view.size, MSG_NOSIGNAL);
+    }
+    std::size_t await_resume() { return this->finish("send"); }
 
 private:
-    std::string_view data_;
+    WriteData<Keep> data_;
 };
+using SendOp = BasicSendOp<Borrowed>;
+
+/// Socket::send/send_all's data beyond std::string_view: an owned rvalue (kept by the
+/// awaitable), or a view that converts to ConstBytes but not to std::string_view (a
+/// std::vector<char> lvalue, a std::span<const std::byte>), borrowed.
+template <class B>
+concept OtherWriteData = OwnedWriteData<B> || (!std::is_convertible_v<B&&, std::string_view> &&
+                                               std::is_convertible_v<B&&, ConstBytes>);
+
+/// The WriteData of such `data`: owned if it is an OwnedWriteData, else a view of it.
+template <class B>
+WriteData<keep_t<B>> write_data(B&& data) noexcept(nothrow_write_data_v<B>) {
+    if constexpr (OwnedWriteData<B>)
+        return WriteData<keep_t<B>>(std::in_place, std::forward<B>(data));
+    else
+        return WriteData<Borrowed>(ConstBytes(std::forward<B>(data)));
+}
 
 class AcceptOp;
 
@@ -146,10 +175,28 @@ public:
         return detail::RecvOp(fd_, buffer);
     }
     /// One successful send(): the number of bytes sent (maybe fewer than given).
+    /// `data` is borrowed (zero-copy; keep it alive until the send is done) unless it is
+    /// an rvalue that owns its bytes, which the awaitable takes over (as writeall does).
     detail::SendOp send(std::string_view data) const noexcept { return detail::SendOp(fd_, data); }
+    /// send() of an owned rvalue (kept by the awaitable: `send(std::string(...))` passed to
+    /// add_task never dangles), or of other write data (std::vector<char>, std::span of
+    /// std::byte), borrowed.
+    template <class B>
+        requires detail::OtherWriteData<B>
+    detail::BasicSendOp<detail::keep_t<B>> send(B&& data) const
+        noexcept(detail::nothrow_write_data_v<B>) {
+        return {fd_, detail::write_data(std::forward<B>(data))};
+    }
     /// Sends all of `data` (a light awaitable, like writeall; converts to Task<void>).
+    /// Borrowed or owned as for send(): `tg.add_task(s.send_all(std::string(...)))` is safe.
     detail::WriteAllOp send_all(std::string_view data) const noexcept {
         return detail::WriteAllOp(fd_, data, true);
+    }
+    template <class B>
+        requires detail::OtherWriteData<B>
+    detail::BasicWriteAllOp<detail::keep_t<B>> send_all(B&& data) const
+        noexcept(detail::nothrow_write_data_v<B>) {
+        return {fd_, detail::write_data(std::forward<B>(data)), true};
     }
     /// Half-closes: the peer reads end of stream; later sends throw EPIPE.
     void shutdown_write() {
