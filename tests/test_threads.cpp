@@ -272,6 +272,33 @@ TEST_CASE("cancelling the awaiting task returns promptly and discards the job's 
     CHECK(token.use_count() == 1); // the job's copies were destroyed, once
 }
 
+TEST_CASE("a job that owns what it uses safely outlives its cancelled task") {
+    // The README's rule: a cancelled task returns at once and its frame dies while the job
+    // runs on, so the job must not reference the task's locals. It gets a buffer moved in
+    // (its own object), its state through a shared_ptr captured by value, and references
+    // only what outlives the pool (`released` is destroyed after the pool). Under ASan a
+    // reference to the task's `buffer` would be a use after free here.
+    std::atomic<bool> released{false};
+    auto state = std::make_shared<std::size_t>(0);
+    std::optional<xiio::ThreadPool> pool(std::in_place, 1);
+    run([&]() -> Task<void> {
+        std::vector<char> buffer(1 << 16, 'a'); // a local of the task
+        auto job = [state, &released](std::vector<char>& own) {
+            while (!released) // until the task (and its frame) are gone
+                std::this_thread::sleep_for(1ms);
+            std::fill(own.begin(), own.end(), 'b');
+            *state = static_cast<std::size_t>(std::count(own.begin(), own.end(), 'b'));
+            return own.size();
+        };
+        auto r = co_await xiio::move_on_after(10ms, pool->run(job, std::move(buffer)));
+        CHECK(!r);
+    });
+    released = true; // the task's frame is destroyed: the job runs on, on what it owns
+    pool.reset();    // waits for the job
+    CHECK(*state == std::size_t(1) << 16);
+    CHECK(state.use_count() == 1); // the job's copy is gone
+}
+
 TEST_CASE("a timeout around a job throws TimeoutError and the job runs to its end") {
     std::atomic<bool> finished{false};
     {

@@ -240,6 +240,17 @@ public:
     /// is submitted until the task is awaited. Cancelling the awaiting task returns at once:
     /// the job runs on (a thread cannot be stopped) and its result is discarded.
     /// A light awaitable (no coroutine frame), which converts to Task<R>.
+    ///
+    /// So a job may outlive the task that awaits it, and the task's locals with it: a job
+    /// must not capture them by reference (`[&]`), nor be given pointers to them, or a
+    /// cancellation (a timeout, a failing sibling in a group) leaves it reading and writing
+    /// a dead frame. Nothing can detect or prevent this. Give the job what it uses by value
+    /// (captures or arguments, which the job owns), move buffers in
+    /// (`run(job, std::move(buf))`: f gets the job's own copy as an lvalue), hand results
+    /// back as the return value, and share state the task also needs through a
+    /// std::shared_ptr captured by value. A reference is safe only to an object that
+    /// outlives this pool (~ThreadPool waits for its jobs). The cancelled task cannot wait
+    /// for the job in its cleanup either: the job is no longer awaitable once cancelled.
     template <class F, class... Args>
         requires std::invocable<F&, Args&...>
     detail::JobAwaiter<detail::job_result_t<F, Args...>> run(F f, Args... args) {
@@ -371,6 +382,11 @@ inline ThreadPool& default_thread_pool() {
 } // namespace detail
 
 /// ThreadPool::run() on a process-wide pool of ThreadPool::default_max_workers() threads.
+///
+/// A cancelled awaiting task returns at once while the job runs on: never let the job
+/// capture the task's locals by reference; give it copies, move ownership in, or share
+/// state through a std::shared_ptr captured by value (see ThreadPool::run). The default
+/// pool lives until exit, so only objects that live as long are safe to reference.
 ///
 /// g++ 12 destroys twice a lambda with by-copy captures that is a temporary inside a
 /// co_await expression: `co_await xiio::in_thread([s] { ... })` is a double free. Name the
