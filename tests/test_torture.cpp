@@ -1,6 +1,6 @@
 // Randomized task trees (tests/torture.hpp): groups, gather, timeouts, cancel(), sleeps,
 // pipes, futures, queues, threads and processes, with errors and cancellations at random
-// points, each tree checked against a model of API.md.
+// points, and hand-offs racing deadlines, each tree checked against a model of API.md.
 //
 //   XIIO_TORTURE_TREES=<n>  trees per test case (default 1000, threads case 100; nightly: 10000)
 //   XIIO_TORTURE_SEED=<s>   replay the one tree of seed <s> (printed when a tree fails)
@@ -21,14 +21,18 @@ std::uint64_t env_u64(const char* name, std::uint64_t fallback) {
 }
 
 /// Runs the configured number of trees (or the one of XIIO_TORTURE_SEED).
-void torture_trees(const torture::Config& cfg, std::uint64_t default_trees) {
+/// `min_handoff_hits`: per 1000 trees, how many hand-offs must have met their deadline in
+/// the same iteration with the body completing (bb28e1d's case) — so that a change of the
+/// generator or of the loop that stops producing them is noticed (70 to 90 are usual).
+void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
+                   long min_handoff_hits = 0) {
     const char* replay = std::getenv("XIIO_TORTURE_SEED");
     std::uint64_t base = replay && *replay ? env_u64("XIIO_TORTURE_SEED", 0)
                                            : env_u64("XIIO_TORTURE_BASE", std::random_device{}());
     std::uint64_t trees = replay && *replay ? 1 : env_u64("XIIO_TORTURE_TREES", default_trees);
     UNSCOPED_INFO("seeds " << base << " .. " << base + trees - 1
                            << " (replay one with XIIO_TORTURE_SEED=<seed>)");
-    long nodes = 0, injected = 0, errors = 0, cancelled = 0;
+    long nodes = 0, injected = 0, errors = 0, cancelled = 0, races = 0, hits = 0;
     auto start = std::chrono::steady_clock::now();
     for (std::uint64_t i = 0; i < trees; ++i) {
         std::uint64_t seed = base + i;
@@ -40,6 +44,8 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees) {
         torture::Result r = torture::check_tree(tree, cfg, seed * 0x9E3779B97F4A7C15ull);
         nodes += static_cast<long>(tree.nodes.size());
         injected += r.injected;
+        races += r.handoff_races;
+        hits += r.handoff_hits;
         errors += r.outcome.kind == torture::Outcome::error;
         cancelled += r.outcome.kind == torture::Outcome::cancelled;
         if (!r.error.empty()) {
@@ -52,7 +58,11 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees) {
                   .count();
     // Shown with -s: how much a run exercised.
     INFO(trees << " trees, " << nodes << " nodes, " << errors << " ended in an error, " << cancelled
-               << " in CancelledError, " << injected << " syscall faults, " << ms << " ms");
+               << " in CancelledError, " << injected << " syscall faults, " << races
+               << " hand-offs due with their deadline in one iteration (" << hits
+               << " bodies completed with its cancellation pending), " << ms << " ms");
+    if (!(replay && *replay) && trees >= 1000)
+        CHECK(hits * 1000 >= min_handoff_hits * static_cast<long>(trees));
     SUCCEED();
 }
 
@@ -60,7 +70,7 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees) {
 
 TEST_CASE("torture: random task trees behave as API.md predicts", "[torture]") {
     torture::Config cfg;
-    torture_trees(cfg, 1000);
+    torture_trees(cfg, 1000, 10);
 }
 
 // Mostly in_thread leaves, for the TSan build (also runs everywhere else).

@@ -1,6 +1,6 @@
 #pragma once
 // Randomized task trees: a generator, an interpreter that runs a tree on xiio, and a model
-// that predicts its outcome from the same tree, per /work/shared/API.md. Used by
+// that predicts its outcome from the same tree, per the documented API (README.md). Used by
 // tests/test_torture.cpp (Catch) and fuzz/fuzz_schedule.cpp (libFuzzer): nothing here
 // depends on Catch. check_tree() returns "" or a description of what went wrong.
 //
@@ -20,6 +20,10 @@
 //   timeouts get an hour: they never expire. What runs inside an expiring body before
 //   the deadline depends on wall-clock time, so the model predicts only the timeout's
 //   result there (cleanups are still checked: exactly once per node that started).
+// - A handoff node races a hand-off (Queue::put, Semaphore::release, Event::set) against
+//   the deadline of a timeout/move_on_after whose body is the one wait for it. It is busy
+//   work too, but its order is set by timers and one loop pass, not by ticks; see
+//   exec_handoff() for why each order is certain, including "both in one iteration".
 //
 // The model (class Model) mirrors the interpreter function by function. Its primitive is
 // `cancelled(runner, now, until)`: does a co_await that would end at tick `until` throw
@@ -43,6 +47,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -55,8 +60,30 @@ inline constexpr Tick never = INT_MAX;
 
 // ---- trees -------------------------------------------------------------------------------
 
-enum class Kind { leaf, group, gather, timeout, cancel, pipe_pair, future_pair, queue_pair };
+enum class Kind {
+    leaf,
+    group,
+    gather,
+    timeout,
+    cancel,
+    pipe_pair,
+    future_pair,
+    queue_pair,
+    handoff
+};
 enum class Action { none, sleep, yield, thread, process };
+
+// handoff nodes: what is handed over, in which order against the deadline, in which form
+// the body is given to timeout/move_on_after.
+enum class Prim { queue, semaphore, event };
+enum class Order {
+    before,         // the hand-off comes one pass after the wait began; the deadline is 1 s
+    handoff_first,  // in the iteration in which the deadline fires, just before it
+    deadline_first, // in the iteration in which the deadline fires, just after it
+    tie,            // both timers due in one iteration, within ~2 us: either order
+    after,          // the hand-off comes once timeout/move_on_after has returned
+};
+enum class Form { awaitable, task, callable };
 
 struct Step {
     bool add; // tg.add_task(child) or co_await child in the body
@@ -75,9 +102,14 @@ struct Node {
     bool cleanup_throws = false; // a cancelled node throws Err{cleanup_code} from its cleanup
     bool variant = false;        // gather: variadic; timeout: move_on_after; future: setter first
     bool callable = false;       // timeout: body given as a callable
-    int size = 0;                // pipe: bytes; queue: items
-    int capacity = 1;            // queue
+    int size = 0;                // pipe: bytes; queue, handoff: items
+    int capacity = 1;            // queue, handoff
     int parent_group = -1;       // cancel: the group it cancels (its direct parent)
+    Prim prim = Prim::queue;     // handoff: what is handed over (size items or permits)
+    Order order = Order::before; // handoff: when, against its deadline (us: D)
+    Form form = Form::awaitable; // handoff: the body: q.get() itself, a Task, a callable
+    int handoff_ns = 0;          // handoff, tie: the hand-off is due at t0 + D + this
+    bool again = false;          // handoff: the body awaits once more after it was handed
     std::vector<Step> steps;     // group body; gather children (add), timeout body (one)
 };
 
@@ -95,6 +127,10 @@ inline int cleanup_code(int id) {
 }
 inline int timeout_code(int id) {
     return 20000 + id;
+}
+/// What a handoff node returns when its timeout/move_on_after timed out (else id + 1).
+inline int handoff_timed_out_value(int id) {
+    return 30000 + id;
 }
 
 /// What a node throws: its code tells which node and why.
@@ -153,6 +189,7 @@ struct Config {
     bool pipes = true;
     bool inject = true;      // EINTR / EAGAIN / short reads and writes on the trees' pipes
     int watchdog_ms = 20000; // a tree that does not settle is reported as a hang
+    bool handoffs = true;    // handoff nodes (a hand-off racing a deadline)
     // Was an xiio bug (test "task_group<R> drops an error the body raised after cancel()"):
     // a body whose awaited step turns its cancellation into an error after tg.cancel()
     // made task_group<R> throw that error instead of CancelledError. While true, groups
@@ -218,8 +255,9 @@ private:
     /// group whose direct child it is (-1: none), which a cancel node may cancel.
     int gen(int depth, int group) {
         bool leafy = depth >= cfg_.max_depth || full();
-        // weights: leaf, group, gather, timeout, cancel, pipe, future, queue
-        std::array<int, 8> w{35, 16, 12, 12, group >= 0 ? 10 : 0, cfg_.pipes ? 5 : 0, 6, 4};
+        // weights: leaf, group, gather, timeout, cancel, pipe, future, queue, handoff
+        std::array<int, 9> w{
+            35, 16, 12, 12, group >= 0 ? 10 : 0, cfg_.pipes ? 5 : 0, 6, 4, cfg_.handoffs ? 7 : 0};
         if (leafy)
             w[1] = w[2] = w[3] = 0;
         int total = 0;
@@ -267,8 +305,52 @@ private:
             at(id).size = static_cast<int>(ch_.below(7));
             return id;
         }
+        case Kind::handoff:
+            return make_handoff();
         }
         return leaf();
+    }
+
+    /// A hand-off against a deadline. Most of them fall due in one loop iteration: the case
+    /// in which the deadline's cancellation finds the body already handed its item.
+    int make_handoff() {
+        int id = new_node(Kind::handoff);
+        Node& n = at(id);
+        auto pick = [this](int lo, int hi) { // in [lo, hi]
+            return lo + static_cast<int>(ch_.below(static_cast<std::uint64_t>(hi - lo + 1)));
+        };
+        int p = static_cast<int>(ch_.below(100));
+        n.prim = p < 45 ? Prim::queue : p < 85 ? Prim::semaphore : Prim::event;
+        int o = static_cast<int>(ch_.below(100));
+        n.order = o < 40   ? Order::handoff_first
+                  : o < 60 ? Order::deadline_first
+                  : o < 70 ? Order::tie
+                  : o < 85 ? Order::before
+                           : Order::after;
+        n.form = static_cast<Form>(ch_.below(3));
+        n.again = n.form != Form::awaitable && ch_.chance(25);
+        n.variant = ch_.chance(50); // move_on_after
+        n.size = pick(1, 2);
+        n.capacity = n.size + pick(0, 1); // the giver's puts never wait
+        switch (n.order) {
+        case Order::before:
+            n.us = 1000000;
+            break;
+        case Order::handoff_first:
+            n.us = pick(0, 300);
+            break;
+        case Order::deadline_first:
+            n.us = 0; // due when the timer task first runs
+            break;
+        case Order::tie: // at t0 + D + [0, 2 us): the deadline is t0 + D + (about 1 us)
+            n.us = pick(100, 400);
+            n.handoff_ns = pick(0, 1999);
+            break;
+        case Order::after:
+            n.us = pick(0, 300);
+            break;
+        }
+        return id;
     }
 
     int leaf() {
@@ -373,8 +455,8 @@ inline std::string dump(const Tree& t) {
     std::ostringstream o;
     auto rec = [&](auto& self, int id, int depth, const char* how) -> void {
         const Node& n = t.nodes[static_cast<std::size_t>(id)];
-        static const char* kinds[] = {"leaf",   "group", "gather", "timeout",
-                                      "cancel", "pipe",  "future", "queue"};
+        static const char* kinds[] = {"leaf", "group",  "gather", "timeout", "cancel",
+                                      "pipe", "future", "queue",  "handoff"};
         static const char* actions[] = {"", " sleep", " yield", " thread", " process"};
         o << std::string(static_cast<std::size_t>(depth) * 2, ' ') << how << "#" << n.id << " "
           << kinds[static_cast<int>(n.kind)];
@@ -391,9 +473,19 @@ inline std::string dump(const Tree& t) {
               << (n.callable ? " callable" : "");
         if (n.kind == Kind::gather && n.variant)
             o << " variadic";
-        if (n.kind == Kind::pipe_pair || n.kind == Kind::queue_pair)
+        if (n.kind == Kind::handoff) {
+            static const char* prims[] = {"queue", "semaphore", "event"};
+            static const char* orders[] = {"before", "handoff-first", "deadline-first", "tie",
+                                           "after"};
+            static const char* forms[] = {"awaitable", "task", "callable"};
+            o << " " << prims[static_cast<int>(n.prim)] << " " << orders[static_cast<int>(n.order)]
+              << (n.order == Order::tie ? " +" + std::to_string(n.handoff_ns) + "ns " : " ")
+              << (n.variant ? "move_on_after " : "timeout ") << forms[static_cast<int>(n.form)]
+              << (n.again ? " again" : "");
+        }
+        if (n.kind == Kind::pipe_pair || n.kind == Kind::queue_pair || n.kind == Kind::handoff)
             o << " size " << n.size;
-        if (n.kind == Kind::queue_pair)
+        if (n.kind == Kind::queue_pair || (n.kind == Kind::handoff && n.prim == Prim::queue))
             o << " cap " << n.capacity;
         if (n.kind == Kind::future_pair && n.variant)
             o << " setter-first";
@@ -546,6 +638,12 @@ private:
             if (cancelled(rt, now, now))
                 return Outcome::cancel();
             return Outcome::val(n.id + 1);
+        case Kind::handoff:
+            // Busy work too (its three tasks end within the tick it started in).
+            if (cancelled(rt, now, now))
+                return Outcome::cancel();
+            return Outcome::val(handoff_returns_value(n) ? n.id + 1
+                                                         : handoff_timed_out_value(n.id));
         case Kind::future_pair:
             if (cancelled(rt, now, now)) // pending: the gather never starts
                 return Outcome::cancel();
@@ -560,6 +658,32 @@ private:
             return timeout(n, rt, now);
         }
         fail("unknown kind");
+    }
+
+    /// Whether a handoff node's timeout/move_on_after returns the body's value rather than
+    /// time out. README ("a deadline never throws away what the body was handed"): a timeout
+    /// is reported only if its CancelledError reached the body.
+    static bool handoff_returns_value(const Node& n) {
+        switch (n.order) {
+        case Order::before: // handed over a pass after the wait began; the deadline is 1 s away
+            return true;
+        case Order::handoff_first:
+            // In the iteration in which the deadline fires, the put/release/set runs just
+            // before it and wakes the body: the cancellation finds it woken, stays pending.
+            // A body that returns at once was never cancelled: its value. One that awaits
+            // again gets the CancelledError there, gives the item back, and timed out.
+            return !n.again;
+        case Order::deadline_first: // the cancellation reaches the waiting body: it takes
+        case Order::after:          // nothing, the items stay in the queue / permits free
+            return false;
+        case Order::tie:
+            // Due within ~2 us of each other in the same iteration: which timer comes first
+            // depends on the clock, so either outcome is right. The node returns id + 1 both
+            // ways; what is checked is conservation (exec_handoff): nothing lost, nothing
+            // handed out twice, a timeout only if the body holds nothing.
+            return true;
+        }
+        fail("unknown order");
     }
 
     /// The tick of the group's first event among `ms` (and cancel() calls), given the
@@ -815,6 +939,9 @@ struct Run {
     std::string hang; // set by the driver when the tree does not settle
     Outcome outcome;
     Tick ticks_fired = 0;
+    std::string violations; // broken invariants found while running (handoff conservation)
+    long handoff_races = 0; // handoff nodes whose hand-off and deadline ran in one iteration
+    long handoff_hits = 0;  // ... in which the body returned with the cancellation pending
 
     const Node& at(int id) const { return t.nodes[static_cast<std::size_t>(id)]; }
 };
@@ -1041,6 +1168,245 @@ inline xiio::Task<int> exec_queue(Run& r, const Node& n) {
     co_return n.id + 1;
 }
 
+// ---- handoff: a hand-off against a deadline ----
+//
+// Three tasks in a variadic gather: the giver, the waiter, the blocker (deadline_first: the
+// waiter first). They start in one pass of the loop (A):
+// - the waiter takes t0 = now and runs timeout/move_on_after(D) around the body, the one
+//   hand-off wait (q.get(), sem.acquire(), ev.wait(): itself, in a Task or a callable).
+//   run_with_deadline starts the body inline, so it waits already, and queues its timer
+//   task T. In the next pass (B) T sleeps until the deadline (now + D >= t0 + D), or, if
+//   that has passed, is re-queued at once, as by yield();
+// - the giver and the blocker yield: in pass B they run in their order, T in its place.
+// A pass runs the tasks ready at its start, FIFO; then the loop polls, queues the tasks
+// of the due timers (in the order of their times) behind those re-queued during the pass,
+// and runs the next pass. So no clock reading decides these orders:
+// - handoff_first: in pass B the giver yields again (queued ahead of T's wake-up, or of T
+//   re-queued after it) and the blocker holds the loop (std::this_thread::sleep_until)
+//   until the deadline passed. In pass C the giver hands off and wakes the body, then T
+//   cancels it: already woken, its CancelledError stays pending (where bb28e1d's bug lost
+//   the item). The body returns at once: its value; one that awaits again times out.
+// - deadline_first: D = 0. In pass B, T (queued ahead of the giver) finds its deadline
+//   passed and is re-queued, then the giver yields. In pass C, T cancels the waiting body
+//   (woken with CancelledError, still in the primitive's list of waiters), then the giver
+//   hands off: to nobody; the items stay queued, the permits free.
+// - tie: the giver sleeps until t0 + D + [0, 2 us), the blocker holds the loop past that
+//   and the deadline, t0 + D + (the time between two clock reads, about 1 us). The poll
+//   after it wakes both, in the order of their times: either order, about as often.
+// - before: the giver hands off in pass B (the deadline is 1 s away); after: once the
+//   waiter's timeout/move_on_after returned.
+// A slow machine only delays passes: the orders stay.
+
+/// What a handoff node's tasks share.
+struct Handoff {
+    explicit Handoff(const Node& n) : q(static_cast<std::size_t>(n.capacity)) {}
+    xiio::Queue<int> q;
+    xiio::Semaphore sem{0};
+    xiio::Event ev;
+    xiio::Event waiter_done;
+    xiio::Clock::time_point t0{}; // just before the deadline is computed
+    xiio::Clock::time_point at{}; // tie: when the hand-off falls due
+    int given = 0;                // items put, permits released, 1 once set
+    int received = 0;             // hand-offs the body got (Task forms count them)
+    int given_back = 0;           // ... and gave back when the deadline's cancellation came
+    bool finished = false;        // timeout/move_on_after returned or timed out
+    bool value = false;           // ... with the body's value
+};
+
+/// The body: the one hand-off wait; `again`: one more co_await after it.
+inline xiio::Task<int> handoff_body(Run& r, const Node& n, Handoff& h) {
+    int v = 1;
+    switch (n.prim) {
+    case Prim::queue: {
+        auto got = co_await h.q.get();
+        if (!got)
+            throw std::logic_error("handoff: the queue was closed");
+        v = *got;
+        break;
+    }
+    case Prim::semaphore:
+        co_await h.sem.acquire();
+        break;
+    case Prim::event:
+        co_await h.ev.wait();
+        break;
+    }
+    ++h.received;
+    if (!n.again) {
+        // Suspends nothing and takes nothing: counts the bodies that complete with the
+        // deadline's cancellation still pending (the case bb28e1d fixed).
+        if (co_await xiio::detail::cancellation_pending())
+            ++r.handoff_hits;
+        co_return v;
+    }
+    std::exception_ptr ep;
+    try {
+        co_await xiio::yield();
+    } catch (const xiio::CancelledError&) {
+        ep = std::current_exception();
+    }
+    if (!ep)
+        co_return v;
+    // It saw the cancellation: it timed out, and what it holds is its own to give back.
+    if (n.prim == Prim::queue)
+        co_await h.q.put(v); // there is room: the giver never fills the queue
+    else if (n.prim == Prim::semaphore)
+        h.sem.release();
+    ++h.given_back;
+    std::rethrow_exception(ep);
+}
+
+inline bool present(bool b) {
+    return b;
+}
+template <class T>
+bool present(const std::optional<T>& v) {
+    return v.has_value();
+}
+
+/// timeout/move_on_after(D, body): true if it returned the body's value, false if it timed out.
+template <class B>
+xiio::Task<bool> handoff_within(const Node& n, B body) {
+    std::chrono::microseconds d(n.us);
+    if (n.variant)
+        co_return present(co_await xiio::move_on_after(d, std::move(body)));
+    bool timed_out = false;
+    try {
+        co_await xiio::timeout(d, std::move(body));
+    } catch (const xiio::TimeoutError&) {
+        timed_out = true;
+    }
+    co_return !timed_out;
+}
+
+inline xiio::Task<bool> handoff_deadline(Run& r, const Node& n, Handoff& h) {
+    auto make = [&r, &n, &h] { return handoff_body(r, n, h); };
+    h.t0 = xiio::Clock::now();
+    switch (n.form) {
+    case Form::callable:
+        co_return co_await handoff_within(n, make);
+    case Form::task:
+        co_return co_await handoff_within(n, handoff_body(r, n, h));
+    case Form::awaitable:
+        break;
+    }
+    switch (n.prim) {
+    case Prim::queue:
+        co_return co_await handoff_within(n, h.q.get());
+    case Prim::semaphore:
+        co_return co_await handoff_within(n, h.sem.acquire());
+    case Prim::event:
+        break;
+    }
+    co_return co_await handoff_within(n, h.ev.wait());
+}
+
+inline xiio::Task<int> handoff_waiter(Run& r, const Node& n, Handoff& h) {
+    Busy b(r);
+    std::exception_ptr ep;
+    try {
+        h.value = co_await handoff_deadline(r, n, h);
+        h.finished = true;
+    } catch (...) {
+        ep = std::current_exception();
+    }
+    h.waiter_done.set();
+    if (ep)
+        std::rethrow_exception(ep);
+    co_return 0;
+}
+
+inline xiio::Task<int> handoff_giver(Run& r, const Node& n, Handoff& h) {
+    using namespace std::chrono;
+    Busy b(r);
+    co_await xiio::yield(); // pass B
+    switch (n.order) {
+    case Order::before:
+        break;
+    case Order::after:
+        co_await h.waiter_done.wait();
+        break;
+    case Order::handoff_first:  // pass C: ahead of the timer task
+    case Order::deadline_first: // pass C: behind the timer task
+        co_await xiio::yield();
+        break;
+    case Order::tie:
+        h.at = h.t0 + microseconds(n.us) + nanoseconds(n.handoff_ns);
+        co_await xiio::sleep_until(h.at);
+        break;
+    }
+    for (int i = 1; i <= n.size; ++i) {
+        if (n.prim == Prim::queue) {
+            co_await h.q.put(i); // the first wakes the getter, if it still waits
+        } else if (n.prim == Prim::semaphore) {
+            h.sem.release();
+        } else {
+            h.ev.set();
+            h.given = 1;
+            break;
+        }
+        ++h.given;
+    }
+    co_return 0;
+}
+
+inline xiio::Task<int> handoff_blocker(Run& r, const Node& n, Handoff& h) {
+    using namespace std::chrono;
+    if (n.order != Order::handoff_first && n.order != Order::tie)
+        co_return 0;
+    Busy b(r);
+    co_await xiio::yield(); // pass B: behind the giver and the timer task
+    // The deadline is at most D after now; tie's hand-off time is set (the giver ran).
+    auto until = std::max(h.at, xiio::Clock::now() + microseconds(n.us)) + microseconds(100);
+    std::this_thread::sleep_until(until);
+    co_return 0;
+}
+
+inline xiio::Task<int> exec_handoff(Run& r, const Node& n) {
+    Handoff h(n);
+    std::exception_ptr ep;
+    try {
+        if (n.order == Order::deadline_first)
+            co_await xiio::gather(handoff_waiter(r, n, h), handoff_giver(r, n, h),
+                                  handoff_blocker(r, n, h));
+        else
+            co_await xiio::gather(handoff_giver(r, n, h), handoff_waiter(r, n, h),
+                                  handoff_blocker(r, n, h));
+    } catch (...) {
+        ep = std::current_exception();
+    }
+    // Conservation: every item put (permit released) is held by the body or still in the
+    // queue (free), once. `held` is what the body took and kept: the Task forms count it
+    // whatever ended the waiter; for the awaitable form it is what timeout/move_on_after
+    // returned, so it is known only if the waiter was not cancelled from outside. An Event
+    // is not consumed: only the second check applies to it.
+    bool counted = n.form != Form::awaitable;
+    int held = counted ? h.received - h.given_back : h.value ? 1 : 0;
+    int left = n.prim == Prim::queue       ? static_cast<int>(h.q.size())
+               : n.prim == Prim::semaphore ? static_cast<int>(h.sem.available())
+                                           : 0;
+    std::ostringstream o;
+    if ((counted || h.finished) && n.prim != Prim::event && h.given != held + left)
+        o << h.given << (n.prim == Prim::queue ? " items put, " : " permits released, ") << held
+          << (counted ? " kept by the body, " : " returned by the body, ") << left
+          << (n.prim == Prim::queue ? " left in the queue: " : " free: ")
+          << (h.given > held + left ? "lost " : "duplicated ") << (h.given - held - left) << "; ";
+    // A timeout is reported exactly when the body was cancelled and kept nothing.
+    if (h.finished && counted && h.value != (held > 0))
+        o << (h.value ? "returned a value the body gave back"
+                      : "timed out while the body kept what it was handed");
+    if (!o.str().empty())
+        r.violations += "node #" + std::to_string(n.id) + ": " + o.str() + "\n";
+    if (ep)
+        std::rethrow_exception(ep);
+    if (n.order == Order::handoff_first || n.order == Order::deadline_first ||
+        n.order == Order::tie)
+        ++r.handoff_races;
+    if (n.order == Order::tie) // either order: checked by conservation only
+        co_return n.id + 1;
+    co_return h.value ? n.id + 1 : handoff_timed_out_value(n.id);
+}
+
 inline xiio::Task<int> exec(Run& r, const Node& n) {
     switch (n.kind) {
     case Kind::leaf:
@@ -1059,6 +1425,8 @@ inline xiio::Task<int> exec(Run& r, const Node& n) {
         return exec_future(r, n);
     case Kind::queue_pair:
         return exec_queue(r, n);
+    case Kind::handoff:
+        return exec_handoff(r, n);
     }
     throw std::logic_error("unknown kind");
 }
@@ -1181,6 +1549,8 @@ struct Result {
     std::string error; // "" when the tree behaved as predicted
     Outcome outcome, predicted;
     long injected = 0;
+    long handoff_races = 0; // see Run
+    long handoff_hits = 0;
 };
 
 /// Runs `t` on a fresh loop and compares with the model; also checks that every node's
@@ -1235,6 +1605,9 @@ inline Result check_tree(const Tree& t, const Config& cfg, std::uint64_t inject_
     }
     if (r.busy != 0)
         o << "busy count " << r.busy << " at the end\n";
+    o << r.violations;
+    res.handoff_races = r.handoff_races;
+    res.handoff_hits = r.handoff_hits;
     // in_thread jobs that were cancelled may still be finishing in the pool: give them a
     // moment before counting what is alive.
     auto live = xiio::detail::live_counts();
