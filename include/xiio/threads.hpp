@@ -10,8 +10,14 @@
 // - that callback, which the loop runs on its own thread: it wakes the leaf's Wait.
 // The fields the loop's thread uses (loop_, wait_) are touched only on that thread; the
 // outcome is handed over by the queue's mutex (the worker writes it before post(), the
-// loop reads it after take()). The worker only keeps a weak_ptr to the queue, so the
-// loop's eventfd is closed when the loop goes, not when the last job ends.
+// loop reads it after take()).
+//
+// The worker's side is noexcept (nobody could hear its exception), so it must not
+// allocate: the callback (a std::function, which allocates) is made on the loop's thread
+// when the job is submitted, where a std::bad_alloc reaches the awaiting task, and the
+// worker only moves it into the queue. The callback holds the queue; the loop closes the
+// queue and its eventfd on its own thread when it goes, whoever still holds it, and a
+// worker that posts after that finds it closed and drops the callback.
 //
 // Keepalive: while a leaf waits for a job, the loop's deadlock detection must not fire
 // (nothing else may be pending: every other task may wait for a future that the job's
@@ -72,23 +78,32 @@ struct JobState : JobBase, std::enable_shared_from_this<JobState<R>> {
     // Written by the worker before it posts the completion.
     std::optional<Value> value_;
     std::exception_ptr error_;
-    // Written on the loop's thread before the job is submitted.
-    std::weak_ptr<RemoteQueue> queue_;
+    // Written on the loop's thread before the job is submitted (prepare), taken by the
+    // worker (post). The callback holds the job and the queue, so until the worker takes
+    // it the job holds itself: a submission that fails must clear it.
+    RemoteQueue* queue_ = nullptr;
+    std::function<void()> completion_;
     // The loop's thread only.
     Loop* loop_ = nullptr;
     Wait* wait_ = nullptr; // the suspended leaf, until it was woken or went away
 
-    /// On the worker, once the outcome is stored. The callback, not the worker, holds the
-    /// queue while it is queued: once post() released the queue's mutex the worker holds
-    /// nothing of the loop's, so the loop's thread drops the last reference and closes the
-    /// eventfd when the loop goes away (else a worker a moment late would close it).
-    void post() noexcept {
-        auto q = queue_.lock();
-        if (!q)
-            return; // the loop is gone: nobody waits
+    /// On the loop's thread, before the job is submitted: makes the completion callback.
+    /// Throws std::bad_alloc (then nothing changed).
+    void prepare(std::shared_ptr<RemoteQueue> q) {
         RemoteQueue* raw = q.get();
-        raw->post(
-            [self = this->shared_from_this(), q = std::move(q)]() noexcept { self->complete(); });
+        completion_ = [self = this->shared_from_this(), q = std::move(q)]() noexcept {
+            self->complete();
+        };
+        queue_ = raw;
+    }
+    /// On the worker, once the outcome is stored. Moving the callback allocates nothing;
+    /// it keeps the queue alive while post() runs. Once post() released the queue's mutex
+    /// the worker holds nothing of the loop's: the callback is queued (or dropped, if the
+    /// loop is gone).
+    void post() noexcept {
+        RemoteQueue* q = queue_;
+        std::function<void()> fn = std::move(completion_);
+        q->post(std::move(fn));
     }
     /// On the loop's thread: the job is done; wake the leaf if it still waits.
     void complete() noexcept {
@@ -161,9 +176,10 @@ public:
             return false; // cancelled before it was submitted: the job never runs
         Loop& loop = *w_.runner->loop;
         try {
-            job_->queue_ = loop.remote();
+            job_->prepare(loop.remote()); // what the worker would otherwise allocate
             submit(*pool_, job_);
         } catch (...) {
+            job_->completion_ = nullptr; // it holds the job: break the cycle
             w_.runner = nullptr;
             throw;
         }
