@@ -12,7 +12,10 @@
 #include <map>
 #include <string>
 
+#include <csignal>
+
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 // Never write co_await inside CHECK/REQUIRE: the macros repeat their expression in an
@@ -104,6 +107,21 @@ struct Pipe {
         w = xiio::Fd(p[1]);
     }
 };
+
+/// This thread's signal mask.
+inline sigset_t current_mask() {
+    sigset_t m;
+    pthread_sigmask(SIG_SETMASK, nullptr, &m);
+    return m;
+}
+
+/// Whether two signal masks block the same signals.
+inline bool same_mask(const sigset_t& a, const sigset_t& b) {
+    for (int s = 1; s < NSIG; ++s)
+        if (sigismember(&a, s) != sigismember(&b, s))
+            return false;
+    return true;
+}
 
 /// While it lives, the n-th allocation of this thread through operator new from now on
 /// (0: the next one) throws std::bad_alloc; later ones succeed. Only where the test binary

@@ -458,19 +458,6 @@ Task<void> await_dead(xiio::Future<int>& f, bool& dead) {
     }
 }
 
-sigset_t current_mask() {
-    sigset_t m;
-    pthread_sigmask(SIG_SETMASK, nullptr, &m);
-    return m;
-}
-
-bool same_mask(const sigset_t& a, const sigset_t& b) {
-    for (int s = 1; s < NSIG; ++s)
-        if (sigismember(&a, s) != sigismember(&b, s))
-            return false;
-    return true;
-}
-
 std::atomic<int> handled_signals{0};
 void count_signal(int) {
     ++handled_signals;
@@ -1070,11 +1057,11 @@ TEST_CASE("allocation failures: run_process cancelled while the child runs",
 
 TEST_CASE("allocation failures: subscribe_signals and next", "[no-valgrind]") {
     Handler handler(SIGUSR2);
-    const sigset_t mask = current_mask();
+    const sigset_t mask = test::current_mask();
     handled_signals = 0;
     SweepOptions opts;
     opts.after_each = [&] {
-        if (!same_mask(current_mask(), mask))
+        if (!test::same_mask(test::current_mask(), mask))
             return std::string("the signal mask was not restored");
         sigset_t pending;
         sigpending(&pending);

@@ -18,19 +18,6 @@ using xiio::Task;
 
 namespace {
 
-sigset_t current_mask() {
-    sigset_t m;
-    pthread_sigmask(SIG_SETMASK, nullptr, &m);
-    return m;
-}
-
-bool same_mask(const sigset_t& a, const sigset_t& b) {
-    for (int s = 1; s < NSIG; ++s)
-        if (sigismember(&a, s) != sigismember(&b, s))
-            return false;
-    return true;
-}
-
 bool blocked(int sig) {
     sigset_t m = current_mask();
     return sigismember(&m, sig) == 1;

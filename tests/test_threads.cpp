@@ -49,13 +49,6 @@ constexpr int stress_tasks = 100;
 constexpr int stress_tasks = 100;
 #endif
 
-/// The signal mask of the calling thread.
-sigset_t current_mask() {
-    sigset_t m;
-    pthread_sigmask(SIG_SETMASK, nullptr, &m);
-    return m;
-}
-
 /// Waits at most `limit` for the child `pid` and returns its wait status; a child still
 /// running then is killed and reaped (the test fails).
 int wait_child(pid_t pid, Ms limit) {
