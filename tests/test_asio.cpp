@@ -478,7 +478,9 @@ bool no_children() {
 
 // The group's destructor asserted that it had no members (debug) and leaked them and their
 // frames (NDEBUG), leaving the child of run_process a zombie.
-TEST_CASE("on_asio: destroying the io_context with tasks suspended in groups leaks nothing") {
+// [no-valgrind], both: the tree runs a process, and valgrind 3.19 does not know pidfd_open.
+TEST_CASE("on_asio: destroying the io_context with tasks suspended in groups leaks nothing",
+          "[no-valgrind]") {
     LeakCheck leaks;
     bool all_started = false;
     {
@@ -493,7 +495,7 @@ TEST_CASE("on_asio: destroying the io_context with tasks suspended in groups lea
     leaks.check();
 }
 
-TEST_CASE("a poll(2) host stopped with tasks suspended in groups leaks nothing") {
+TEST_CASE("a poll(2) host stopped with tasks suspended in groups leaks nothing", "[no-valgrind]") {
     LeakCheck leaks;
     bool all_started = false;
     {
@@ -507,7 +509,9 @@ TEST_CASE("a poll(2) host stopped with tasks suspended in groups leaks nothing")
         for (auto end = xiio::Clock::now() + 2s; !all_started && xiio::Clock::now() < end;) {
             loop.run_ready();
             events.clear();
-            host->poll_once(loop.next_deadline(), events);
+            // Bounded by the test's end: if the tree failed (no process could be started)
+            // nothing might ever wake this poll.
+            host->poll_once(std::min(loop.next_deadline(), end), events);
             loop.deliver(events);
         }
         CHECK(all_started);

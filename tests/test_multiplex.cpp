@@ -724,9 +724,15 @@ TEST_CASE("move_on_after whose body was handed a queue item as the deadline pass
     run([]() -> Task<void> {
         xiio::Queue<int> q(1);
         std::optional<std::optional<int>> got;
-        auto getter = [&]() -> Task<void> { got = co_await xiio::move_on_after(6ms, q.get()); };
+        xiio::Clock::time_point t0;
+        auto getter = [&]() -> Task<void> {
+            t0 = xiio::Clock::now(); // the deadline is 6 ms after this, or later
+            got = co_await xiio::move_on_after(6ms, q.get());
+        };
         auto putter = [&]() -> Task<void> {
-            co_await xiio::sleep(5ms);
+            // Relative to the getter's start, not to this task's: under valgrind a task
+            // may start milliseconds after the one before it.
+            co_await xiio::sleep_until(t0 + 5ms);
             co_await q.put(42);
         };
         co_await xiio::gather(getter(), putter(), block_loop_for(20ms));
@@ -740,12 +746,14 @@ TEST_CASE("timeout whose body was handed a permit as the deadline passed keeps i
     run([]() -> Task<void> {
         xiio::Semaphore sem(0);
         bool acquired = false;
+        xiio::Clock::time_point t0;
         auto acquirer = [&]() -> Task<void> {
+            t0 = xiio::Clock::now();
             co_await xiio::timeout(6ms, sem.acquire());
             acquired = true;
         };
         auto releaser = [&]() -> Task<void> {
-            co_await xiio::sleep(5ms);
+            co_await xiio::sleep_until(t0 + 5ms); // see the test above
             sem.release();
         };
         co_await xiio::gather(acquirer(), releaser(), block_loop_for(20ms));
