@@ -8,8 +8,8 @@
 // inconsistent (the scenarios that retry after a bad_alloc check that nothing was lost).
 //
 // [no-valgrind]: valgrind replaces operator new, so the failures would never happen.
-// [.alloc-pending]: scenarios that still fail because of a defect in a header outside
-// this file's reach; each names the defect. Run them with `xiio_tests "[alloc-pending]"`.
+// A scenario that begins "Guards against" names the defect it found (each fails on the
+// code before its fix: a noexcept path that allocated).
 #include "helpers.hpp"
 
 #include <atomic>
@@ -547,9 +547,8 @@ TEST_CASE("allocation failures: Condition with fds, futures and a deadline", "[n
     });
 }
 
-TEST_CASE("allocation failures: a Condition and a wait on a regular file",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::attach (loop.hpp) links the node, then builds the EPERM
+TEST_CASE("allocation failures: a Condition and a wait on a regular file", "[no-valgrind]") {
+    // Guards against: Loop::attach (loop.hpp) links the node, then builds the EPERM
     // system_error; if that allocation fails, std::bad_alloc passes its
     // catch (const std::system_error&) and the node stays linked to an unregistered
     // entry; detach_fd then removes a registration that was never counted.
@@ -617,9 +616,8 @@ TEST_CASE("allocation failures: read, write, read_exactly and writeall on pipes"
     });
 }
 
-TEST_CASE("allocation failures: closing an Fd or a subscription a task waits on",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::forget (loop.hpp, noexcept; reached from Fd::close, and from
+TEST_CASE("allocation failures: closing an Fd or a subscription a task waits on", "[no-valgrind]") {
+    // Guards against: Loop::forget (loop.hpp, noexcept; reached from Fd::close, and from
     // SignalSubscription::reset) builds std::system_error(EBADF, ..., "close") for each
     // waiter; its what() string allocates: std::terminate.
     sweep("close while waited", [](Probe&) -> Task<void> {
@@ -665,8 +663,8 @@ TEST_CASE("allocation failures: closing an Fd or a subscription a task waits on"
 // ---- multiplex: task_group, gather, timeout, move_on_after ---------------------------
 
 TEST_CASE("allocation failures: task_group with members that return, sleep and throw",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: MemberBase::finished (multiplex.hpp, noexcept) calls Loop::bury (loop.hpp),
+          "[no-valgrind]") {
+    // Guards against: MemberBase::finished (multiplex.hpp, noexcept) calls Loop::bury (loop.hpp),
     // a vector push_back: a failed growth is std::terminate. Behind it (seen under ASan):
     // SleepAwaiter::await_suspend (core.hpp) leaves its Wait bound to the runner when
     // add_timer throws; `tg.add_task(sleep(..))` keeps the awaiter in the member's frame,
@@ -718,9 +716,8 @@ TEST_CASE("allocation failures: task_group with members that return, sleep and t
     });
 }
 
-TEST_CASE("allocation failures: gather, variadic and over a vector",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury from the noexcept MemberBase::finished, and the use-after-free
+TEST_CASE("allocation failures: gather, variadic and over a vector", "[no-valgrind]") {
+    // Guards against: Loop::bury from the noexcept MemberBase::finished, and the use-after-free
     // of a failed sleep in a member, as for task_group.
     sweep("gather", [](Probe&) -> Task<void> {
         auto g = xiio::gather(quick(1), sleeper(2), xiio::sleep(1ms));
@@ -745,9 +742,8 @@ TEST_CASE("allocation failures: gather, variadic and over a vector",
     });
 }
 
-TEST_CASE("allocation failures: timeout and move_on_after, expiring and not",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury from the noexcept MemberBase::finished, as for task_group.
+TEST_CASE("allocation failures: timeout and move_on_after, expiring and not", "[no-valgrind]") {
+    // Guards against: Loop::bury from the noexcept MemberBase::finished, as for task_group.
     sweep("timeout", [](Probe&) -> Task<void> {
         int v = co_await xiio::timeout(5s, sleeper(1));
         EXPECT(v == 1);
@@ -772,9 +768,8 @@ TEST_CASE("allocation failures: timeout and move_on_after, expiring and not",
 
 // ---- sync: Event, Semaphore, Lock, Queue ---------------------------------------------
 
-TEST_CASE("allocation failures: Event, Semaphore and Lock with waiters",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury from the noexcept MemberBase::finished, as for task_group.
+TEST_CASE("allocation failures: Event, Semaphore and Lock with waiters", "[no-valgrind]") {
+    // Guards against: Loop::bury from the noexcept MemberBase::finished, as for task_group.
     sweep("event semaphore lock", [](Probe&) -> Task<void> {
         xiio::Event ev;
         int woken = 0;
@@ -816,8 +811,8 @@ TEST_CASE("allocation failures: Event, Semaphore and Lock with waiters",
 }
 
 TEST_CASE("allocation failures: Queue put and get with waiters, values whose move throws",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury, as for task_group. (The sweep also found what 7e74b5a fixed:
+          "[no-valgrind]") {
+    // Guards against: Loop::bury, as for task_group. (The sweep also found what 7e74b5a fixed:
     // Queue moved a value after unlinking the waiter it handed it to, so a throwing move
     // stranded a getter or a putter - a deadlock report here - or lost a value.)
     // Producer and consumer retry an operation that threw bad_alloc: every value arrives
@@ -867,8 +862,8 @@ TEST_CASE("allocation failures: Queue put and get with waiters, values whose mov
 
 TEST_CASE("allocation failures: a Future awaited by several tasks, then destroyed while "
           "awaited",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury as for task_group; and ~FutureBase (core.hpp, a destructor,
+          "[no-valgrind]") {
+    // Guards against: Loop::bury as for task_group; and ~FutureBase (core.hpp, a destructor,
     // so noexcept) builds a std::logic_error for each waiter: its message allocates.
     sweep("future waiters", [](Probe&) -> Task<void> {
         xiio::Future<std::string> f;
@@ -898,8 +893,8 @@ TEST_CASE("allocation failures: a Future awaited by several tasks, then destroye
     });
 }
 
-TEST_CASE("allocation failures: a deadlock is reported", "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::next_deadline (loop.hpp, noexcept) builds the deadlock's
+TEST_CASE("allocation failures: a deadlock is reported", "[no-valgrind]") {
+    // Guards against: Loop::next_deadline (loop.hpp, noexcept) builds the deadlock's
     // std::logic_error; its message allocates: std::terminate.
     SweepOptions opts;
     opts.also_accept = [](std::exception_ptr e) {
@@ -995,8 +990,8 @@ TEST_CASE("allocation failures: a worker hands a job's completion over without a
 }
 
 TEST_CASE("allocation failures: a worker posting a job's completion to a new queue",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: RemoteQueue::post (detail/remote_queue.hpp) push_back()s the callback into
+          "[no-valgrind]") {
+    // Guards against: RemoteQueue::post (detail/remote_queue.hpp) push_back()s the callback into
     // a vector: its first growth (or any later one) fails in the noexcept JobState::post:
     // std::terminate.
     xiio::ThreadPool pool(1);
@@ -1004,8 +999,8 @@ TEST_CASE("allocation failures: a worker posting a job's completion to a new que
           SweepOptions{.arm = Arm::inside, .min_failures = 0});
 }
 
-TEST_CASE("allocation failures: a cancelled in_thread job", "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury from the noexcept MemberBase::finished (move_on_after is a group).
+TEST_CASE("allocation failures: a cancelled in_thread job", "[no-valgrind]") {
+    // Guards against: Loop::bury from the noexcept MemberBase::finished (move_on_after is a group).
     sweep("cancelled job", [](Probe&) -> Task<void> {
         auto slow = [] { std::this_thread::sleep_for(50ms); }; // outlives the deadline
         auto job = xiio::in_thread(slow);
@@ -1016,8 +1011,8 @@ TEST_CASE("allocation failures: a cancelled in_thread job", "[.alloc-pending][no
 
 // ---- process --------------------------------------------------------------------------
 
-TEST_CASE("allocation failures: run_process", "[.alloc-pending][no-valgrind]") {
-    // Pending: run_process waits in a task_group: Loop::bury from the noexcept
+TEST_CASE("allocation failures: run_process", "[no-valgrind]") {
+    // Guards against: run_process waits in a task_group: Loop::bury from the noexcept
     // MemberBase::finished.
     sweep("run_process", [](Probe&) -> Task<void> {
         // Input written, output captured: every member of run_process's group.
@@ -1040,9 +1035,8 @@ TEST_CASE("allocation failures: run_process", "[.alloc-pending][no-valgrind]") {
     });
 }
 
-TEST_CASE("allocation failures: run_process cancelled while the child runs",
-          "[.alloc-pending][no-valgrind]") {
-    // Pending: Loop::bury, as for run_process. The child must always be stopped and
+TEST_CASE("allocation failures: run_process cancelled while the child runs", "[no-valgrind]") {
+    // Guards against: Loop::bury, as for run_process. The child must always be stopped and
     // reaped, whatever fails: the sweep checks that no child is left.
     sweep("run_process cancelled", [](Probe&) -> Task<void> {
         std::vector<std::string> cmd{"sleep", "5"};

@@ -574,3 +574,112 @@ TEST_CASE("write data that is an lvalue or a view is borrowed, not copied") {
         CHECK(got == "Xbc");
     });
 }
+
+// ---- an Fd away from its loop's thread, an Fd moved under a queued awaitable --------------
+
+TEST_CASE("an Fd closed inside an in_thread job is closed by its loop, without a race") {
+    // Before: the job's thread edited the loop's fd table while the loop ran (TSan: a data
+    // race; ASan: use-after-free when the loop had grown its table meanwhile).
+    LeakCheck leaks;
+    auto before = xiio::detail::live_counts();
+    run([]() -> Task<void> {
+        Pipe p;
+        co_await xiio::writeall(p.w, "a");
+        co_await xiio::wait_readable(p.r);      // registered with this loop now (a read that
+        auto got = co_await xiio::read(p.r, 1); // succeeds at once registers nothing)
+        CHECK(got == "a");
+        bool closed = false;
+        auto job = [&] { // captures by reference: see in_thread about temporaries
+            xiio::Fd here = std::move(p.r); // moved and closed on the worker
+            here.close();
+            closed = !here;
+        };
+        co_await xiio::in_thread(job);
+        CHECK(closed);
+        // The loop closed the read end by the time the job's completion ran (orphans are
+        // taken first): a write now has no reader.
+        try {
+            co_await xiio::writeall(p.w, "b");
+            FAIL("no EPIPE");
+        } catch (const std::system_error& e) {
+            CHECK(e.code() == std::errc::broken_pipe);
+        }
+    });
+    CHECK(xiio::detail::live_counts() == before);
+    leaks.check();
+}
+
+TEST_CASE("an Fd released inside an in_thread job stays open and can be registered again") {
+    LeakCheck leaks;
+    run([]() -> Task<void> {
+        Pipe p;
+        co_await xiio::writeall(p.w, "a");
+        co_await xiio::wait_readable(p.r); // registered
+        co_await xiio::read(p.r, 1);
+        auto job = [&] { return p.r.release(); };
+        int number = co_await xiio::in_thread(job);
+        CHECK(::fcntl(number, F_GETFD) >= 0); // still open
+        xiio::Fd again(number);               // the loop forgot the old registration
+        co_await xiio::writeall(p.w, "b");
+        auto got = co_await xiio::read(again, 1);
+        CHECK(got == "b");
+    });
+    leaks.check();
+}
+
+TEST_CASE("Fds closed on other threads while their loops end leak nothing and race nothing") {
+    // Each round: a loop registers a pipe's read end, hands it to a thread and ends; the
+    // thread closes it at some point around the loop's end (before, during, after).
+    LeakCheck leaks;
+    for (int round = 0; round < 40; ++round) {
+        Pipe p;
+        std::thread closer;
+        xiio::run([&]() -> Task<void> { // not test::run: the thread may close it later
+            co_await xiio::writeall(p.w, "x");
+            co_await xiio::wait_readable(p.r); // registered
+            closer = std::thread([fd = std::move(p.r), round]() mutable {
+                std::this_thread::sleep_for(std::chrono::microseconds(round * 25));
+                fd.close();
+            });
+            if (round % 2)
+                co_await xiio::sleep(std::chrono::microseconds(round * 25));
+        }());
+        closer.join();
+    }
+    leaks.check();
+}
+
+TEST_CASE("an awaitable made from an Fd survives the Fd moving before it starts") {
+    // Before: the awaitable kept a pointer to the Fd's state; a vector that reallocated
+    // between add_task and the member's start left it dangling (ASan: use-after-free).
+    LeakCheck leaks;
+    run([]() -> Task<void> {
+        Pipe p;
+        std::vector<xiio::Fd> fds;
+        fds.push_back(std::move(p.r));
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(xiio::read(fds[0], 1));     // queued, not started
+            fds.reserve(fds.capacity() * 4 + 16);   // moves the Fd, frees the old storage
+            tg.add_task(xiio::writeall(p.w, "zy")); // the reader starts after this
+            co_return;
+        });
+        auto got = co_await xiio::read(fds[0], 1); // the moved Fd still works
+        CHECK(got == "y");
+    });
+    leaks.check();
+}
+
+TEST_CASE("two Fds that own the same number are misuse, reported as logic_error") {
+    run([]() -> Task<void> {
+        Pipe p;
+        co_await xiio::writeall(p.w, "a");
+        co_await xiio::wait_readable(p.r); // registered
+        co_await xiio::read(p.r, 1);
+        xiio::Fd twin(p.r.get());
+        CHECK_THROWS_AS(xiio::read(twin, 1), std::logic_error);
+        [[maybe_unused]] int same = twin.release(); // p.r closes it
+        co_await xiio::writeall(p.w, "b");
+        auto got = co_await xiio::read(p.r, 1); // the first owner is unaffected
+        CHECK(got == "b");
+    });
+}

@@ -131,8 +131,7 @@ protected:
         while (detail::FutureNode* n = waiters_.head) {
             waiters_.unlink(*n);
             if (!done_ || n->reads_value)
-                n->wait->error = std::make_exception_ptr(
-                    std::logic_error("xiio::Future destroyed while a task awaited it"));
+                n->wait->error = detail::prebuilt_errors().future_destroyed; // cannot fail
             n->wait->runner->loop->wake(*n->wait);
         }
     }
@@ -262,7 +261,7 @@ public:
                 n.fd = fd;
                 n.events = events;
                 w_.fds = {fds_.data(), fds_.size()};
-                if (!loop.attach(n, nullptr)) { // a regular file: always ready
+                if (!loop.attach(n, 0)) { // a regular file: always ready
                     n.ready = events;
                     now = true;
                 }

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -41,6 +42,25 @@ namespace detail {
 
 [[noreturn]] inline void throw_errno(const char* call, int err = errno) {
     throw std::system_error(err, std::system_category(), call);
+}
+
+/// The errors that noexcept paths of the loop hand to waits: a wait on an Fd that was
+/// closed, on a Future destroyed under it, a deadlock. Made once, before any of them can
+/// be needed (the first Loop's constructor makes them), and shared: copying an
+/// exception_ptr only counts a reference, so reporting one cannot fail for want of memory.
+struct PrebuiltErrors {
+    std::exception_ptr closed =
+        std::make_exception_ptr(std::system_error(EBADF, std::system_category(), "close"));
+    std::exception_ptr future_destroyed =
+        std::make_exception_ptr(std::logic_error("xiio::Future destroyed while a task awaited it"));
+    std::exception_ptr deadlock = std::make_exception_ptr(
+        std::logic_error("xiio::run: deadlock: every task waits for a future or a group that "
+                         "nothing can complete"));
+};
+/// Throws std::bad_alloc the first time only.
+inline const PrebuiltErrors& prebuilt_errors() {
+    static const PrebuiltErrors errors;
+    return errors;
 }
 
 /// Calls `f` until it does not fail with EINTR.

@@ -28,42 +28,45 @@
 namespace xiio {
 
 /// Owns a file descriptor and closes it. Move-only; its loop registration moves with it.
+///
+/// An Fd may be moved, destroyed, closed or released on any thread (inside an in_thread
+/// job, say), and may outlive the loop that registered it: it only remembers which loop
+/// and registration (FdState), and reaches a loop on another thread through a queue.
 class Fd {
 public:
     Fd() noexcept = default;
     explicit Fd(int fd) noexcept : fd_(fd) {}
-    Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)), state_(std::exchange(o.state_, {})) {
-        if (state_.loop)
-            state_.loop->rebind(fd_, &state_);
-    }
+    Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)), state_(std::exchange(o.state_, {})) {}
     Fd& operator=(Fd&& o) noexcept {
         if (this != &o) {
             close();
             fd_ = std::exchange(o.fd_, -1);
             state_ = std::exchange(o.state_, {});
-            if (state_.loop)
-                state_.loop->rebind(fd_, &state_);
         }
         return *this;
     }
     ~Fd() { close(); }
 
     int get() const noexcept { return fd_; }
-    /// Gives up ownership (the fd stays open and unregistered).
+    /// Gives up ownership: the fd stays open and is no longer registered (on another
+    /// thread than its loop's: from that loop's next iteration on).
     int release() noexcept {
         if (state_.loop)
-            state_.loop->forget(fd_);
+            detail::disown(fd_, state_, false);
         state_ = {};
         return std::exchange(fd_, -1);
     }
-    /// Closes now; tasks waiting on it get std::system_error(EBADF).
+    /// Closes now; tasks waiting on it get std::system_error(EBADF). On another thread
+    /// than the one of a loop that still runs with it registered, that loop closes the
+    /// number at its next iteration (so it cannot be reused before the loop forgot it).
     void close() noexcept {
         if (fd_ < 0)
             return;
-        if (state_.loop)
-            state_.loop->forget(fd_);
+        bool handed = state_.loop && detail::disown(fd_, state_, true);
         state_ = {};
-        ::close(std::exchange(fd_, -1)); // never retried: Linux frees the number on EINTR
+        int fd = std::exchange(fd_, -1);
+        if (!handed)
+            ::close(fd); // never retried: Linux frees the number on EINTR
     }
     explicit operator bool() const noexcept { return fd_ >= 0; }
 
@@ -77,12 +80,28 @@ private:
 
 namespace detail {
 
-/// Any fd parameter: an int or an Fd.
+/// Any fd parameter: an int or an Fd. Holds values, not a pointer to the Fd, so an
+/// awaitable made from an Fd survives the Fd being moved before it starts. Made from an
+/// Fd inside a task, it claims the Fd's registration for the current loop (Loop::claim:
+/// may throw std::bad_alloc, or std::logic_error if two Fds own one number); made
+/// outside any loop, it waits on the number as on an int.
 struct FdRef {
     FdRef(int f) noexcept : fd(f) {}
-    FdRef(const Fd& f) noexcept : fd(f.get()), state(&f.state()) {}
+    FdRef(const Fd& f) : fd(f.get()) {
+        FdState& s = f.state();
+        if (fd >= 0)
+            if (Loop* l = current_loop())
+                l->claim(fd, s);
+        loop = s.loop;
+        serial = s.serial;
+        nonblocking = s.nonblocking;
+    }
     int fd;
-    FdState* state = nullptr;
+    std::uint64_t loop = 0; // FdState of the Fd, if it was made from one
+    std::uint64_t serial = 0;
+    bool nonblocking = false;
+    /// The registration to use in `l`, 0 for a transient one.
+    std::uint64_t serial_in(const Loop& l) const noexcept { return loop == l.id() ? serial : 0; }
 };
 
 /// Any read buffer: convertible to std::span<char> or std::span<std::byte>.
@@ -194,17 +213,19 @@ inline constexpr bool nothrow_write_data_v =
 
 /// Whether `ref` may be tried without blocking. An Fd is made non-blocking on first use.
 inline bool nonblocking(FdRef& ref, Loop& loop) {
-    if (!ref.state)
-        ref.state = loop.owner_of(ref.fd);
-    if (ref.state) {
-        if (!ref.state->nonblocking) {
-            int fl = ::fcntl(ref.fd, F_GETFL);
-            if (fl < 0 || ::fcntl(ref.fd, F_SETFL, fl | O_NONBLOCK) < 0)
-                throw_errno("fcntl");
-            ref.state->nonblocking = true;
-        }
+    if (ref.nonblocking)
         return true;
-    }
+    if (std::uint64_t serial = ref.serial_in(loop))
+        if (bool* flag = loop.nonblocking_flag(ref.fd, serial)) {
+            if (!*flag) {
+                int fl = ::fcntl(ref.fd, F_GETFL);
+                if (fl < 0 || ::fcntl(ref.fd, F_SETFL, fl | O_NONBLOCK) < 0)
+                    throw_errno("fcntl");
+                *flag = true;
+            }
+            ref.nonblocking = true;
+            return true;
+        }
     int fl = ::fcntl(ref.fd, F_GETFL);
     if (fl < 0)
         throw_errno("fcntl");
@@ -246,7 +267,7 @@ public:
         if constexpr (is_io())
             this->perform = &FdOp::perform_ready;
         w_.fds = {static_cast<FdNode*>(this), 1};
-        if (!loop.attach(*this, ref_.state)) { // a regular file: always ready
+        if (!loop.attach(*this, ref_.serial_in(loop))) { // a regular file: always ready
             if constexpr (is_io())
                 attempt();
             return out_of_budget(*std::exchange(w_.runner, nullptr), h);

@@ -15,6 +15,7 @@
 //   if it is suspended, else kept pending for its next co_await.
 
 #include <xiio/detail/accounting.hpp>
+#include <xiio/detail/loop_registry.hpp>
 #include <xiio/detail/poller.hpp>
 #include <xiio/detail/remote_queue.hpp>
 #include <xiio/errors.hpp>
@@ -31,6 +32,10 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -131,11 +136,16 @@ struct Wait {
     void (*interrupt)(Wait*, std::exception_ptr) = nullptr;
 };
 
-/// Per-Fd state that lets an owned fd keep its registration for its whole life.
+/// What an Fd knows of its registration, which lives in the loop's table (Loop::claim).
+/// Plain values, no pointers either way: an Fd can be moved, or outlive its loop, or be
+/// closed on another thread, without the loop ever writing into it or it into the loop.
 struct FdState {
-    Loop* loop = nullptr; // the loop holding the registration, cleared when it goes away
-    bool nonblocking = false;
+    std::uint64_t loop = 0;   // id of the loop that owns a registration of it, 0 if none
+    std::uint64_t serial = 0; // that registration (never reused: a stale one never matches)
+    bool nonblocking = false; // created O_NONBLOCK (a socket): no fcntl needed
 };
+
+inline bool disown(int fd, FdState& s, bool close) noexcept;
 
 /// The loop of this thread while run() drives one.
 inline Loop*& current_loop() noexcept {
@@ -145,24 +155,34 @@ inline Loop*& current_loop() noexcept {
 
 class Loop {
 public:
-    explicit Loop(std::unique_ptr<Poller> poller) : poller_(std::move(poller)) {}
+    explicit Loop(std::unique_ptr<Poller> poller) : poller_(std::move(poller)) {
+        prebuilt_errors(); // before any noexcept path needs one
+    }
     Loop(const Loop&) = delete;
     Loop& operator=(const Loop&) = delete;
     ~Loop() {
+        if (record_.loop) { // from now on an Fd closed elsewhere finds no loop: closes itself
+            std::lock_guard lock(LoopRegistry::mutex());
+            LoopRegistry::remove(record_);
+        }
         if (remote_) {
-            auto dropped = remote_->close(); // destroyed here, on the loop's thread
+            take_orphans();
+            for (RemoteNode* n = remote_->close(); n;) // dropped here, on the loop's thread
+                std::exchange(n, n->next_remote)->remote_done(false);
             count(Counter::registrations, -1);
         }
         flush_graveyard();
         for (auto& e : fds_) {
             // An Fd that outlives the loop loses its registration with the epoll fd; one
             // that still has waiters, or a transient one, stays counted: that is a leak.
-            if (e.registered && e.owner && !e.head)
+            if (e.registered && e.serial && !e.head)
                 count(Counter::registrations, -1);
-            if (e.owner)
-                e.owner->loop = nullptr;
         }
     }
+
+    /// Never reused, unlike the address: what an Fd remembers of the loop it is
+    /// registered with.
+    std::uint64_t id() const noexcept { return id_; }
 
     // ---- scheduling ----------------------------------------------------------------
 
@@ -280,89 +300,122 @@ public:
 
     // ---- fds -------------------------------------------------------------------------
 
-    /// Adds `n` to the waiters of n.fd. `owner` (an Fd's state, may be null) asks for a
-    /// registration that lasts as long as the Fd. Returns false if the fd cannot be
-    /// watched (a regular file): it counts as ready at once and `n` is not attached.
-    bool attach(FdNode& n, FdState* owner) {
-        if (owner && owner->loop == this) { // the fast path: an Fd registered here already
+    /// Makes this loop the owner of the registration of Fd `fd` (whose state is `s`): an
+    /// entry in the table, named by a fresh serial that `s` records. Called when an
+    /// awaitable is made from the Fd inside a task, while the Fd is surely where it is,
+    /// so the awaitable can carry plain values (FdRef) that survive moving the Fd. The
+    /// poller registration itself is made by the first wait (attach). Throws
+    /// std::bad_alloc; std::logic_error if another Fd owns the same number here.
+    void claim(int fd, FdState& s) {
+        if (s.loop == id_)
+            return;
+        if (s.loop) { // registered with another loop before (an earlier run()): let go
+            bool nonblocking = s.nonblocking;
+            disown(fd, s, false);
+            s.nonblocking = nonblocking;
+        }
+        if (remote_ && remote_->orphaned()) // a number closed elsewhere may be reused now
+            take_orphans();
+        const auto i = static_cast<std::size_t>(fd);
+        if (i >= fds_.size())
+            fds_.resize(i + 1);
+        if (fds_[i].serial)
+            throw std::logic_error("xiio: two Fds own fd " + std::to_string(fd));
+        enlist();
+        remote_->reserve_orphans(owned_ + 1);
+        FdEntry& e = fds_[i];
+        e.serial = next_serial();
+        ++owned_;
+        s.loop = id_;
+        s.serial = e.serial;
+    }
+
+    /// Adds `n` to the waiters of n.fd. `serial` (from FdRef, 0 for a plain int) names an
+    /// Fd's registration claimed here: it lasts as long as the Fd. Returns false if the fd
+    /// cannot be watched (a regular file): it counts as ready at once, `n` is not
+    /// attached. Throws std::system_error (EBADF if the Fd was closed meanwhile).
+    bool attach(FdNode& n, std::uint64_t serial) {
+        if (serial) { // the fast path: an Fd registered here already
             FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-            if ((e.armed & n.events) == n.events) {
+            if (e.serial == serial && (e.armed & n.events) == n.events) {
                 link(e, n);
                 return true;
             }
         }
         if (n.fd < 0)
             throw_errno("epoll_ctl", EBADF);
+        if (remote_ && remote_->orphaned()) // before trusting an entry: see claim
+            take_orphans();
         if (static_cast<std::size_t>(n.fd) >= fds_.size())
             fds_.resize(static_cast<std::size_t>(n.fd) + 1);
         FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-        bool convert = false;
-        if (owner && !e.owner && !owner->loop) {
-            // From now on the registration is kept for the Fd's life; one held transiently
-            // (an int wait on the same number) turns level-triggered below.
-            owner->loop = this;
-            e.owner = owner;
-            convert = e.registered;
-        }
-        link(e, n);
-        try {
-            unsigned want = e.owner ? n.events : wanted(e);
-            if (!e.registered) {
-                int err = poller_->add(n.fd, want, !e.owner);
-                if (err)
-                    throw_errno("epoll_ctl", err);
+        if (serial && e.serial != serial) // the Fd was closed or released since
+            throw_errno("epoll_ctl", EBADF);
+        const bool owned = e.serial != 0;
+        // An owned registration is kept for the Fd's life; one made transiently before
+        // the Fd's first wait (an int wait on the same number) turns level-triggered.
+        const bool convert = owned && e.registered && e.oneshot;
+        int err = 0;
+        unsigned want = owned ? n.events : (wanted(e) | n.events);
+        if (!e.registered) {
+            err = poller_->add(n.fd, want, !owned);
+            if (!err) {
                 e.registered = true;
+                e.oneshot = !owned;
                 count(Counter::registrations, 1);
                 e.armed = want;
-            } else if (convert || (e.owner ? (want & ~e.armed) != 0 : want != e.armed)) {
-                unsigned arm = e.owner ? (e.armed | want) : want;
-                if (int err = poller_->modify(n.fd, arm, !e.owner))
-                    throw_errno("epoll_ctl", err);
-                e.armed = arm;
             }
-        } catch (const std::system_error& ex) {
-            unlink(e, n);
-            if (ex.code().value() == EPERM) // epoll refuses regular files: always ready
-                return false;
-            throw;
+        } else if (convert || (owned ? (want & ~e.armed) != 0 : want != e.armed)) {
+            // Converting: transient waiters attached before want what they wanted.
+            unsigned arm = owned ? (e.armed | want | (convert ? wanted(e) : 0u)) : want;
+            err = poller_->modify(n.fd, arm, !owned);
+            if (!err) {
+                e.armed = arm;
+                e.oneshot = !owned;
+            }
         }
+        if (err == EPERM) // epoll refuses regular files: always ready
+            return false;
+        if (err)
+            throw_errno("epoll_ctl", err);
+        link(e, n); // last: nothing above is to be undone if it throws
         return true;
     }
 
-    /// An owned Fd is closed or released: drop its registration, fail its waiters.
-    void forget(int fd) noexcept {
+    /// The Fd that claimed registration `serial` of `fd` is closed or released: drop the
+    /// registration, fail its waiters. Nothing if that registration is gone already.
+    void forget(int fd, std::uint64_t serial) noexcept {
         if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size())
             return;
         FdEntry& e = fds_[static_cast<std::size_t>(fd)];
+        if (e.serial != serial)
+            return;
         for (FdNode* n = e.head; n; n = n->next) {
             n->attached = false;
             --fd_waiters_;
             if (!n->wait->error)
-                n->wait->error = std::make_exception_ptr(
-                    std::system_error(EBADF, std::system_category(), "close"));
+                n->wait->error = prebuilt_errors().closed; // cannot fail: see PrebuiltErrors
             wake(*n->wait);
         }
         if (e.registered) {
             poller_->remove(fd);
             count(Counter::registrations, -1);
         }
-        if (e.owner)
-            e.owner->loop = nullptr;
+        --owned_;
         e = FdEntry{};
     }
 
-    /// An owned Fd moved: its registration follows it.
-    void rebind(int fd, FdState* owner) noexcept {
-        if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size())
-            fds_[static_cast<std::size_t>(fd)].owner = owner;
+    /// The flag "made O_NONBLOCK" of Fd registration `serial` of `fd`; null if it is gone.
+    bool* nonblocking_flag(int fd, std::uint64_t serial) noexcept {
+        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size())
+            return nullptr;
+        FdEntry& e = fds_[static_cast<std::size_t>(fd)];
+        return e.serial == serial ? &e.nonblocking : nullptr;
     }
 
-    /// True if an Fd owns a registration of this number here (so it is non-blocking).
-    FdState* owner_of(int fd) const noexcept {
-        return fd >= 0 && static_cast<std::size_t>(fd) < fds_.size()
-                   ? fds_[static_cast<std::size_t>(fd)].owner
-                   : nullptr;
-    }
+    /// An Fd closed on another thread than this loop's: the loop drops the registration
+    /// (and closes the number) at its next iteration. False if it cannot.
+    bool post_orphan(Orphan o) noexcept { return remote_ && remote_->post_orphan(o); }
 
     // ---- the loop ----------------------------------------------------------------------
 
@@ -412,9 +465,7 @@ public:
     /// which makes runners ready.
     Clock::time_point next_deadline() noexcept {
         if (!ready_size_ && heap_.empty() && fd_waiters_ == 0 && keepalive_ == 0)
-            fail_all(std::make_exception_ptr(std::logic_error(
-                "xiio::run: deadlock: every task waits for a future or a group that "
-                "nothing can complete")));
+            fail_all(prebuilt_errors().deadlock);
         if (ready_size_)
             return Clock::time_point::min();
         return heap_.empty() ? Clock::time_point::max() : heap_.front()->deadline;
@@ -461,7 +512,20 @@ public:
     /// Destroys a finished frame once control is back in the loop: a frame cannot be
     /// destroyed from its own final_suspend without relying on what the compiler does
     /// after await_suspend returns.
-    void bury(std::coroutine_handle<> h) { graveyard_.push_back(h); }
+    /// Never allocates: reserve_grave() made room when the runner was made.
+    void bury(std::coroutine_handle<> h) noexcept {
+        assert(graveyard_.size() < graveyard_.capacity());
+        graveyard_.push_back(h);
+    }
+    /// A runner that will be buried (a group member) is about to be made: room in the
+    /// graveyard for it, and for every live runner and buried frame, so that bury(), from
+    /// a noexcept final_suspend, never needs memory. Grows geometrically. Throws
+    /// std::bad_alloc.
+    void reserve_grave() {
+        std::size_t need = graveyard_.size() + runner_count_ + 1;
+        if (need > graveyard_.capacity())
+            graveyard_.reserve(std::max(need, 2 * graveyard_.capacity()));
+    }
     void flush_graveyard() noexcept {
         while (!graveyard_.empty()) {
             auto h = graveyard_.back();
@@ -476,12 +540,14 @@ public:
     bool owns_sigpipe_ = false;
 
     void link(Runner& r) noexcept {
+        ++runner_count_;
         r.next_all_ = runners_;
         if (runners_)
             runners_->prev_all_ = &r;
         runners_ = &r;
     }
     void unlink(Runner& r) noexcept {
+        --runner_count_;
         (r.prev_all_ ? r.prev_all_->next_all_ : runners_) = r.next_all_;
         if (r.next_all_)
             r.next_all_->prev_all_ = r.prev_all_;
@@ -490,9 +556,11 @@ public:
 private:
     struct FdEntry {
         FdNode* head = nullptr;
-        FdState* owner = nullptr; // an Fd keeps this registration (level-triggered)
+        std::uint64_t serial = 0; // an Fd claimed it (Loop::claim): kept, level-triggered
         unsigned armed = 0;       // events enabled in the poller
         bool registered = false;  // in the poller's interest list
+        bool oneshot = false;     // registered one-shot (transient), not level-triggered
+        bool nonblocking = false; // the owning Fd was made O_NONBLOCK
         // For a transient registration (no owner): attached waiters per direction, and how
         // many of them belong to woken waits. Its interest must then be recomputed on every
         // attach and detach, and must not cost a walk over its waiters, whose number the
@@ -525,7 +593,7 @@ private:
     [[gnu::noinline]] void count_woken(Wait& w) noexcept {
         for (auto& n : w.fds) {
             FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-            if (n.attached && !e.owner) {
+            if (n.attached && !e.serial) {
                 tally(e, n.events, 0, 1);
                 n.tallied = true;
             }
@@ -555,7 +623,7 @@ private:
         e.head = &n;
         n.attached = true;
         n.tallied = false; // a wait is attached before it can be woken
-        if (!e.owner) {
+        if (!e.serial) {
             tally(e, n.events, 1, 0);
             n.wait->transient_fds = true;
         }
@@ -568,7 +636,7 @@ private:
             n.next->prev = n.prev;
         n.prev = n.next = nullptr;
         n.attached = false;
-        if (!e.owner)
+        if (!e.serial)
             tally(e, n.events, -1, n.tallied ? -1 : 0);
         --fd_waiters_;
     }
@@ -576,7 +644,7 @@ private:
     void detach_fd(FdNode& n) noexcept {
         FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
         unlink(e, n);
-        if (e.owner)
+        if (e.serial)
             return;
         if (!e.head) {
             poller_->remove(n.fd);
@@ -604,7 +672,7 @@ private:
             return; // else a stale one-shot report for a number we no longer watch
         }
         FdEntry& e = *ep;
-        if (!e.owner)
+        if (e.oneshot)
             e.armed = 0; // one-shot: disarmed by this report
         for (FdNode* n = e.head; n; n = n->next) {
             unsigned hit = n->events & ev.events;
@@ -619,7 +687,7 @@ private:
             if (!n->perform || n->perform(n))
                 wake(*n->wait);
         }
-        if (!e.owner) {
+        if (!e.serial) {
             rearm(ev.fd, e);
         } else if (!e.head) {
             // Nobody waits: drop the registration rather than narrow it, since hang-ups
@@ -632,8 +700,10 @@ private:
             // Narrow to what attached waiters want, including those this very event woke
             // (they detach when they resume): a lone reader woken here must not cost a
             // MOD now and another when it waits again.
-            if (poller_->modify(ev.fd, want, false) == 0)
+            if (poller_->modify(ev.fd, want, false) == 0) {
                 e.armed = want;
+                e.oneshot = false;
+            }
         }
     }
 
@@ -682,10 +752,31 @@ private:
     }
 
     void run_remote() noexcept { // remote callbacks must not throw
-        remote_->take(remote_batch_, !remote_edge_);
-        for (auto& fn : remote_batch_)
-            fn();
-        remote_batch_.clear();
+        take_orphans();
+        for (RemoteNode* n = remote_->take(!remote_edge_); n;)
+            std::exchange(n, n->next_remote)->remote_done(true); // may destroy n
+    }
+
+    /// Fds closed or released on other threads: forget them, close those closed.
+    void take_orphans() noexcept {
+        remote_->take_orphans([this](const Orphan& o) {
+            forget(o.fd, o.serial);
+            if (o.close)
+                ::close(o.fd);
+        });
+    }
+
+    /// Joins the registry (once, at the first Fd claimed): from then on an Fd closed on
+    /// another thread can find this loop and post to its remote queue.
+    void enlist() {
+        if (record_.loop)
+            return;
+        remote();
+        record_.id = id_;
+        record_.thread = std::this_thread::get_id();
+        std::lock_guard lock(LoopRegistry::mutex());
+        record_.loop = this;
+        LoopRegistry::add(record_);
     }
 
     /// The waiting step failed: throw the error into every task (at its current co_await,
@@ -753,12 +844,37 @@ private:
     std::size_t fd_waiters_ = 0;
     int keepalive_ = 0;
     Runner* runners_ = nullptr;
+    std::size_t runner_count_ = 0; // in runners_
     std::vector<std::coroutine_handle<>> graveyard_;
     std::shared_ptr<RemoteQueue> remote_;
     bool remote_edge_ = false;       // its eventfd is edge-triggered: never read back
     Clock::time_point spin_until_{}; // watch remote_ until then (once), if it is set
-    std::vector<std::function<void()>> remote_batch_;
+    const std::uint64_t id_ = next_serial();
+    LoopRecord record_;     // in the registry once an Fd was claimed (record_.loop set)
+    std::size_t owned_ = 0; // entries claimed by Fds: the orphans the remote queue can hold
 };
+
+/// Tells the loop that owns registration `s` (if it still exists) that its Fd is closing
+/// (`close`) or letting go of `fd`. The common case, the current loop, is told directly;
+/// another one is found in the registry: on this thread it is idle (not running up the
+/// stack: only the current loop runs) and is told directly too; on another thread it is
+/// posted an orphan and closes the number itself. True if it does (the caller must not).
+inline bool disown(int fd, FdState& s, bool close) noexcept {
+    const FdState was = std::exchange(s, {});
+    if (Loop* l = current_loop(); l && l->id() == was.loop) {
+        l->forget(fd, was.serial);
+        return false;
+    }
+    std::lock_guard lock(LoopRegistry::mutex());
+    LoopRecord* r = LoopRegistry::find(was.loop);
+    if (!r) // the loop is gone, and its registration with it
+        return false;
+    if (r->thread == std::this_thread::get_id()) {
+        r->loop->forget(fd, was.serial);
+        return false;
+    }
+    return r->loop->post_orphan(Orphan{fd, close, was.serial}) && close;
+}
 
 inline Runner::Runner(Loop& l) noexcept : loop(&l) {
     count(Counter::runners, 1);

@@ -34,7 +34,7 @@ namespace detail {
 /// A group member: its runner, its outcome, and the future its handles wait for. Shared
 /// with the TaskHandles, so the outcome outlives the group.
 struct MemberBase : Runner {
-    using Runner::Runner;
+    explicit MemberBase(Loop& l) : Runner(with_grave(l)) {}
     TaskGroup* group_ = nullptr;
     MemberBase* gprev_ = nullptr; // the group's list of unfinished members
     MemberBase* gnext_ = nullptr;
@@ -48,6 +48,12 @@ struct MemberBase : Runner {
     virtual void collect() noexcept = 0; // moves the outcome out of the frame
     virtual std::coroutine_handle<> release_frame() noexcept = 0;
     void complete() noexcept;
+
+private:
+    static Loop& with_grave(Loop& l) {
+        l.reserve_grave(); // before Runner links it: finished() buries it without failing
+        return l;
+    }
 };
 
 template <class T>

@@ -114,7 +114,7 @@ inline void set_nodelay(int fd) noexcept {
 
 class RecvOp : public FdOp<RecvOp, std::size_t, READ> {
 public:
-    RecvOp(const Fd& fd, std::span<char> buf) noexcept : FdOp(fd), buf_(buf) {}
+    RecvOp(FdRef fd, std::span<char> buf) noexcept : FdOp(fd), buf_(buf) {}
     ssize_t call() noexcept { return sys::recv(ref_.fd, buf_.data(), buf_.size(), 0); }
     std::size_t await_resume() { return finish("recv"); }
 
@@ -128,10 +128,10 @@ class BasicSendOp : public FdOp<BasicSendOp<Keep>, std::size_t, WRITE> {
     using Base = FdOp<BasicSendOp<Keep>, std::size_t, WRITE>;
 
 public:
-    BasicSendOp(const Fd& fd, ConstBytes data) noexcept
+    BasicSendOp(FdRef fd, ConstBytes data) noexcept
         requires(std::is_same_v<Keep, Borrowed>)
         : Base(fd), data_(data) {}
-    BasicSendOp(const Fd& fd, WriteData<Keep>&& data) noexcept(
+    BasicSendOp(FdRef fd, WriteData<Keep>&& data) noexcept(
         std::is_nothrow_move_constructible_v<WriteData<Keep>>)
         : Base(fd), data_(std::move(data)) {}
     ssize_t call() noexcept {
@@ -170,32 +170,31 @@ public:
     Socket() noexcept = default;
     explicit Socket(Fd fd) noexcept : fd_(std::move(fd)) { fd_.state().nonblocking = true; }
 
+    // Making an awaitable inside a task claims the socket's registration for the loop
+    // (see FdRef): recv, send, send_all and accept may throw std::bad_alloc there.
+
     /// One successful recv(): the number of bytes received, 0 once the peer closed.
-    detail::RecvOp recv(std::span<char> buffer) const noexcept {
-        return detail::RecvOp(fd_, buffer);
-    }
+    detail::RecvOp recv(std::span<char> buffer) const { return detail::RecvOp(fd_, buffer); }
     /// One successful send(): the number of bytes sent (maybe fewer than given).
     /// `data` is borrowed (zero-copy; keep it alive until the send is done) unless it is
     /// an rvalue that owns its bytes, which the awaitable takes over (as writeall does).
-    detail::SendOp send(std::string_view data) const noexcept { return detail::SendOp(fd_, data); }
+    detail::SendOp send(std::string_view data) const { return detail::SendOp(fd_, data); }
     /// send() of an owned rvalue (kept by the awaitable: `send(std::string(...))` passed to
     /// add_task never dangles), or of other write data (std::vector<char>, std::span of
     /// std::byte), borrowed.
     template <class B>
         requires detail::OtherWriteData<B>
-    detail::BasicSendOp<detail::keep_t<B>> send(B&& data) const
-        noexcept(detail::nothrow_write_data_v<B>) {
+    detail::BasicSendOp<detail::keep_t<B>> send(B&& data) const {
         return {fd_, detail::write_data(std::forward<B>(data))};
     }
     /// Sends all of `data` (a light awaitable, like writeall; converts to Task<void>).
     /// Borrowed or owned as for send(): `tg.add_task(s.send_all(std::string(...)))` is safe.
-    detail::WriteAllOp send_all(std::string_view data) const noexcept {
+    detail::WriteAllOp send_all(std::string_view data) const {
         return detail::WriteAllOp(fd_, data, true);
     }
     template <class B>
         requires detail::OtherWriteData<B>
-    detail::BasicWriteAllOp<detail::keep_t<B>> send_all(B&& data) const
-        noexcept(detail::nothrow_write_data_v<B>) {
+    detail::BasicWriteAllOp<detail::keep_t<B>> send_all(B&& data) const {
         return {fd_, detail::write_data(std::forward<B>(data)), true};
     }
     /// Half-closes: the peer reads end of stream; later sends throw EPIPE.
@@ -217,7 +216,7 @@ namespace detail {
 
 class AcceptOp : public FdOp<AcceptOp, Socket, READ> {
 public:
-    AcceptOp(const Fd& fd, bool tcp) noexcept : FdOp(fd), tcp_(tcp) {}
+    AcceptOp(FdRef fd, bool tcp) noexcept : FdOp(fd), tcp_(tcp) {}
     AcceptOp(AcceptOp&& o) noexcept : FdOp(std::move(o)), tcp_(o.tcp_) {}
     ~AcceptOp() {
         if (accepted_ >= 0) // accepted, but the task was torn down before it resumed
@@ -299,8 +298,9 @@ public:
     std::uint16_t port() const noexcept { return port_; }
     int fd() const noexcept { return fd_.get(); }
 
-    /// Waits for and accepts one connection (TCP_NODELAY set on TCP ones).
-    detail::AcceptOp accept() const noexcept { return detail::AcceptOp(fd_, path_.empty()); }
+    /// Waits for and accepts one connection (TCP_NODELAY set on TCP ones). Making it may
+    /// throw std::bad_alloc (see Socket::recv).
+    detail::AcceptOp accept() const { return detail::AcceptOp(fd_, path_.empty()); }
 
     /// Closes the socket and unlinks a Unix socket's path.
     void close() noexcept {

@@ -64,7 +64,7 @@ inline sigset_t& subscribed_signals() noexcept {
 /// Reads one signalfd_siginfo from the subscription's fd; the signal's number.
 class SignalOp : public FdOp<SignalOp, int, READ> {
 public:
-    explicit SignalOp(const Fd& fd) noexcept : FdOp(fd) {}
+    explicit SignalOp(detail::FdRef fd) noexcept : FdOp(fd) {}
     SignalOp(SignalOp&& o) noexcept : FdOp(std::move(o)) {}
     ssize_t call() noexcept { return sys::read(ref_.fd, &info_, sizeof info_); }
     int await_resume() {

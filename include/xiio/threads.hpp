@@ -5,19 +5,19 @@
 // - the awaiting leaf (detail::JobAwaiter), on the loop's thread: it submits the job from
 //   await_suspend and reads the outcome in await_resume;
 // - a worker thread: it runs f(args...), stores the value or the exception, destroys f and
-//   its arguments, and posts a completion callback to the loop's RemoteQueue, whose
-//   eventfd wakes the loop (no polling);
-// - that callback, which the loop runs on its own thread: it wakes the leaf's Wait.
+//   its arguments, and posts the job's state (a RemoteNode) to the loop's RemoteQueue,
+//   whose eventfd wakes the loop (no polling);
+// - its completion, which the loop runs on its own thread: it wakes the leaf's Wait.
 // The fields the loop's thread uses (loop_, wait_) are touched only on that thread; the
 // outcome is handed over by the queue's mutex (the worker writes it before post(), the
 // loop reads it after take()).
 //
 // The worker's side is noexcept (nobody could hear its exception), so it must not
-// allocate: the callback (a std::function, which allocates) is made on the loop's thread
-// when the job is submitted, where a std::bad_alloc reaches the awaiting task, and the
-// worker only moves it into the queue. The callback holds the queue; the loop closes the
-// queue and its eventfd on its own thread when it goes, whoever still holds it, and a
-// worker that posts after that finds it closed and drops the callback.
+// allocate: the queue is intrusive (the node is the job's state), and what the worker
+// needs, a reference to the queue and the job's reference to itself, is copied on the
+// loop's thread when the job is submitted. The loop closes the queue and its eventfd on
+// its own thread when it goes, whoever still holds it, and a worker that posts after
+// that finds it closed and lets the job go itself.
 //
 // Keepalive: while a leaf waits for a job, the loop's deadlock detection must not fire
 // (nothing else may be pending: every other task may wait for a future that the job's
@@ -72,38 +72,45 @@ struct JobBase {
 
 /// The outcome of a job and its link to the awaiting leaf.
 template <class R>
-struct JobState : JobBase, std::enable_shared_from_this<JobState<R>> {
+struct JobState : JobBase, RemoteNode, std::enable_shared_from_this<JobState<R>> {
     using Value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 
     // Written by the worker before it posts the completion.
     std::optional<Value> value_;
     std::exception_ptr error_;
     // Written on the loop's thread before the job is submitted (prepare), taken by the
-    // worker (post). The callback holds the job and the queue, so until the worker takes
-    // it the job holds itself: a submission that fails must clear it.
-    RemoteQueue* queue_ = nullptr;
-    std::function<void()> completion_;
+    // worker (post). From then until the loop took the completion the job holds itself
+    // (self_): a submission that fails must clear both (unprepare).
+    std::shared_ptr<RemoteQueue> queue_;
+    std::shared_ptr<JobState> self_;
     // The loop's thread only.
     Loop* loop_ = nullptr;
     Wait* wait_ = nullptr; // the suspended leaf, until it was woken or went away
 
-    /// On the loop's thread, before the job is submitted: makes the completion callback.
-    /// Throws std::bad_alloc (then nothing changed).
-    void prepare(std::shared_ptr<RemoteQueue> q) {
-        RemoteQueue* raw = q.get();
-        completion_ = [self = this->shared_from_this(), q = std::move(q)]() noexcept {
-            self->complete();
-        };
-        queue_ = raw;
+    /// On the loop's thread, before the job is submitted: what the worker needs to post
+    /// the completion, so that it allocates nothing (copies of shared_ptrs).
+    void prepare(std::shared_ptr<RemoteQueue> q) noexcept {
+        self_ = this->shared_from_this();
+        queue_ = std::move(q);
     }
-    /// On the worker, once the outcome is stored. Moving the callback allocates nothing;
-    /// it keeps the queue alive while post() runs. Once post() released the queue's mutex
-    /// the worker holds nothing of the loop's: the callback is queued (or dropped, if the
-    /// loop is gone).
+    /// The submission failed: undo prepare().
+    void unprepare() noexcept {
+        queue_.reset();
+        self_.reset(); // the awaiter still holds the job
+    }
+    /// On the worker, once the outcome is stored. The local keeps the queue alive while
+    /// post() runs. Once post() released the queue's mutex the worker holds nothing of the
+    /// loop's: the job belongs to the loop's thread, which may already be destroying it.
     void post() noexcept {
-        RemoteQueue* q = queue_;
-        std::function<void()> fn = std::move(completion_);
-        q->post(std::move(fn));
+        std::shared_ptr<RemoteQueue> q = std::move(queue_);
+        if (!q->post(*this)) // the loop is gone: nobody else will let the job go
+            std::shared_ptr<JobState> last = std::move(self_);
+    }
+    /// On the loop's thread: the completion was taken (ran) or dropped with the loop.
+    void remote_done(bool ran) noexcept override {
+        std::shared_ptr<JobState> keep = std::move(self_); // may be the last reference
+        if (ran)
+            complete();
     }
     /// On the loop's thread: the job is done; wake the leaf if it still waits.
     void complete() noexcept {
@@ -179,7 +186,7 @@ public:
             job_->prepare(loop.remote()); // what the worker would otherwise allocate
             submit(*pool_, job_);
         } catch (...) {
-            job_->completion_ = nullptr; // it holds the job: break the cycle
+            job_->unprepare(); // it holds the job: break the cycle
             w_.runner = nullptr;
             throw;
         }

@@ -6,7 +6,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -16,9 +15,30 @@
 
 namespace xiio::detail {
 
-/// Callbacks other threads hand to a loop (a thread pool's completions). The loop owns
+/// An Fd closed (or released) on another thread than the one of the loop that registered
+/// it: the loop drops the registration and, for a close, closes the number itself, so
+/// the number cannot be reused before the loop forgot it.
+struct Orphan {
+    int fd;
+    bool close;
+    std::uint64_t serial; // the registration it was (see Loop::claim)
+};
+
+/// What another thread hands to a loop (a thread pool job's completion): linked into
+/// the queue, so posting allocates nothing (a worker must not fail to report a job).
+struct RemoteNode {
+    RemoteNode* next_remote = nullptr;
+    /// On the loop's thread, once: the loop takes it (ran = true) or is gone (false).
+    /// May destroy the node.
+    virtual void remote_done(bool ran) noexcept = 0;
+
+protected:
+    ~RemoteNode() = default;
+};
+
+/// Completions other threads hand to a loop (RemoteNodes), and Orphans. The loop owns
 /// one while it lives; a poster keeps it alive through a shared_ptr, so a worker that
-/// finishes after the loop is gone finds it closed and drops its callback.
+/// finishes after the loop is gone finds it closed and keeps its node.
 ///
 /// Waking the loop costs an eventfd write here and an epoll wake-up there, so a poster
 /// writes only when the loop may be asleep: `sleeping_` says so. A loop that drives its
@@ -41,12 +61,15 @@ public:
     RemoteQueue(const RemoteQueue&) = delete;
     RemoteQueue& operator=(const RemoteQueue&) = delete;
 
-    /// From any thread. False if the loop is gone (the callback was dropped).
-    bool post(std::function<void()> fn) {
+    /// From any thread. False if the loop is gone (the node was not queued). Once it
+    /// returns true the node belongs to the loop's thread (which may destroy it at once).
+    bool post(RemoteNode& n) noexcept {
         std::unique_lock lock(mutex_);
         if (closed_)
             return false;
-        items_.push_back(std::move(fn));
+        n.next_remote = nullptr;
+        (tail_ ? tail_->next_remote : head_) = &n;
+        tail_ = &n;
         pending_.store(true);
         if (sleeping_.load() && !signalled_) {
             signalled_ = true;
@@ -57,7 +80,43 @@ public:
         return true;
     }
 
+    /// From any thread, without allocating: room was reserved when the registration
+    /// was made (reserve_orphans). False if the loop is gone.
+    bool post_orphan(Orphan o) noexcept {
+        std::unique_lock lock(mutex_);
+        if (closed_ || orphans_.size() == orphans_.capacity()) // the second: never
+            return false;
+        orphans_.push_back(o);
+        orphaned_.store(true, std::memory_order_relaxed);
+        pending_.store(true);
+        if (sleeping_.load() && !signalled_) {
+            signalled_ = true;
+            std::uint64_t one = 1;
+            [[maybe_unused]] auto n = sys::write(fd_, &one, sizeof one);
+        }
+        return true;
+    }
+
     // ---- the loop's thread ---------------------------------------------------------
+
+    /// Room for `n` orphans: one per registration the loop owns, so that post_orphan()
+    /// (from a noexcept close) never needs memory. Throws std::bad_alloc.
+    void reserve_orphans(std::size_t n) {
+        std::unique_lock lock(mutex_);
+        orphans_.reserve(n);
+    }
+    /// Some orphan was posted and not taken yet (a hint).
+    bool orphaned() const noexcept { return orphaned_.load(std::memory_order_relaxed); }
+    /// Hands every posted orphan to `fn` (under the lock, which keeps the reserved room:
+    /// fn must not post). pending() stays as it is: callbacks may be queued too.
+    template <class F>
+    void take_orphans(F&& fn) noexcept {
+        std::unique_lock lock(mutex_);
+        for (const Orphan& o : orphans_)
+            fn(o);
+        orphans_.clear();
+        orphaned_.store(false, std::memory_order_relaxed);
+    }
 
     /// Something was posted and not taken yet (a hint: take() decides).
     bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
@@ -74,36 +133,42 @@ public:
     /// After blocking: posts go unsignalled again until the next prepare_sleep().
     void awake() noexcept { sleeping_.store(false, std::memory_order_relaxed); }
 
-    /// Swaps everything posted so far into `batch` (empty, its capacity kept from earlier
-    /// batches, so steady traffic allocates no vectors). The eventfd is read back only if
-    /// it is registered level-triggered (`drain`).
-    void take(std::vector<std::function<void()>>& batch, bool drain) {
+    /// Takes everything posted so far: the first of a list linked by next_remote, in
+    /// posting order. The eventfd is read back only if it is registered level-triggered
+    /// (`drain`).
+    RemoteNode* take(bool drain) noexcept {
         if (drain) {
             std::uint64_t count;
             [[maybe_unused]] auto n = sys::read(fd_, &count, sizeof count);
         }
         std::unique_lock lock(mutex_);
-        items_.swap(batch);
-        pending_.store(false, std::memory_order_relaxed);
+        pending_.store(!orphans_.empty(), std::memory_order_relaxed); // see take_orphans
         signalled_ = false;
+        tail_ = nullptr;
+        return std::exchange(head_, nullptr);
     }
-    /// The loop is going away: later posts are dropped, and the eventfd is closed now, on
-    /// the loop's thread (not by whichever worker drops the last reference, later).
-    std::vector<std::function<void()>> close() {
+    /// The loop is going away: later posts fail, and the eventfd is closed now, on the
+    /// loop's thread (not by whichever worker drops the last reference, later). Returns
+    /// what was posted and not taken.
+    RemoteNode* close() noexcept {
         std::unique_lock lock(mutex_);
         closed_ = true;
         ::close(std::exchange(fd_, -1));
-        return std::exchange(items_, {});
+        tail_ = nullptr;
+        return std::exchange(head_, nullptr);
     }
     int fd() const noexcept { return fd_; }
 
 private:
     int fd_;
     std::mutex mutex_;
-    std::vector<std::function<void()>> items_;
-    std::atomic<bool> pending_{false}; // items_ is not empty (set and cleared under mutex_)
-    std::atomic<bool> sleeping_{true}; // the loop may be blocked: a post must write the eventfd
-    bool signalled_ = false;           // written since the last take(): no need to write again
+    RemoteNode* head_ = nullptr; // posted, not taken yet
+    RemoteNode* tail_ = nullptr;
+    std::vector<Orphan> orphans_;
+    std::atomic<bool> orphaned_{false}; // orphans_ is not empty (set and cleared under mutex_)
+    std::atomic<bool> pending_{false};  // something is posted (set and cleared under mutex_)
+    std::atomic<bool> sleeping_{true};  // the loop may be blocked: a post must write the eventfd
+    bool signalled_ = false;            // written since the last take(): no need to write again
     bool closed_ = false;
 };
 
