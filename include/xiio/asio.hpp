@@ -209,9 +209,8 @@ private:
 /// other on_asio calls run in between), with SIGPIPE blocked as under run().
 class HostedStep {
 public:
-    explicit HostedStep(Loop& loop)
-        : previous_(std::exchange(current_loop(), &loop)), guard_(loop) {}
-    ~HostedStep() { current_loop() = previous_; }
+    explicit HostedStep(Loop& loop) : previous_(set_current_loop(&loop)), guard_(loop) {}
+    ~HostedStep() { set_current_loop(previous_); }
     HostedStep(const HostedStep&) = delete;
     HostedStep& operator=(const HostedStep&) = delete;
 

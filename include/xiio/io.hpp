@@ -87,21 +87,16 @@ namespace detail {
 /// outside any loop, it waits on the number as on an int.
 struct FdRef {
     FdRef(int f) noexcept : fd(f) {}
-    FdRef(const Fd& f) : fd(f.get()) {
+    [[gnu::always_inline]] FdRef(const Fd& f) : fd(f.get()) {
         FdState& s = f.state();
-        if (fd >= 0)
-            if (Loop* l = current_loop())
-                l->claim(fd, s);
-        loop = s.loop;
+        if (s.loop != current_loop_id()) [[unlikely]]
+            claim_for_current_loop(fd, s); // once per Fd and loop
         serial = s.serial;
-        nonblocking = s.nonblocking;
     }
     int fd;
-    std::uint64_t loop = 0; // FdState of the Fd, if it was made from one
+    // The Fd's registration. Serials are unique in the process: one claimed by another
+    // loop never matches an entry of this one, and the wait is then transient.
     std::uint64_t serial = 0;
-    bool nonblocking = false;
-    /// The registration to use in `l`, 0 for a transient one.
-    std::uint64_t serial_in(const Loop& l) const noexcept { return loop == l.id() ? serial : 0; }
 };
 
 /// Any read buffer: convertible to std::span<char> or std::span<std::byte>.
@@ -211,21 +206,12 @@ template <class B>
 inline constexpr bool nothrow_write_data_v =
     !OwnedWriteData<B> || std::is_nothrow_constructible_v<std::remove_cvref_t<B>, B&&>;
 
-/// Whether `ref` may be tried without blocking. An Fd is made non-blocking on first use.
-inline bool nonblocking(FdRef& ref, Loop& loop) {
-    if (ref.nonblocking)
+/// Whether `ref` may be tried without blocking. An Fd claimed by a loop was made
+/// non-blocking then (Loop::claim); an int, or an Fd whose awaitable was made outside any
+/// loop, is asked.
+inline bool nonblocking(const FdRef& ref) {
+    if (ref.serial)
         return true;
-    if (std::uint64_t serial = ref.serial_in(loop))
-        if (bool* flag = loop.nonblocking_flag(ref.fd, serial)) {
-            if (!*flag) {
-                int fl = ::fcntl(ref.fd, F_GETFL);
-                if (fl < 0 || ::fcntl(ref.fd, F_SETFL, fl | O_NONBLOCK) < 0)
-                    throw_errno("fcntl");
-                *flag = true;
-            }
-            ref.nonblocking = true;
-            return true;
-        }
     int fl = ::fcntl(ref.fd, F_GETFL);
     if (fl < 0)
         throw_errno("fcntl");
@@ -255,7 +241,7 @@ public:
             return false;
         Loop& loop = *w_.runner->loop;
         if constexpr (is_io()) {
-            blocking_ = !nonblocking(ref_, loop);
+            blocking_ = !nonblocking(ref_);
             if (!blocking_ && attempt()) {
                 Runner& r = *std::exchange(w_.runner, nullptr); // nothing to undo at the end
                 return out_of_budget(r, h);
@@ -267,7 +253,7 @@ public:
         if constexpr (is_io())
             this->perform = &FdOp::perform_ready;
         w_.fds = {static_cast<FdNode*>(this), 1};
-        if (!loop.attach(*this, ref_.serial_in(loop))) { // a regular file: always ready
+        if (!loop.attach(*this, ref_.serial)) { // a regular file: always ready
             if constexpr (is_io())
                 attempt();
             return out_of_budget(*std::exchange(w_.runner, nullptr), h);

@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
@@ -152,6 +153,16 @@ inline Loop*& current_loop() noexcept {
     thread_local Loop* loop = nullptr;
     return loop;
 }
+
+/// The id of that loop (Loop::id), 0 if none: what an FdRef compares an Fd's claim with,
+/// one thread-local load, without touching the loop. Set with set_current_loop().
+inline std::uint64_t& current_loop_id() noexcept {
+    thread_local std::uint64_t id = 0;
+    return id;
+}
+
+/// Makes `l` (or none) the current loop of this thread; returns the previous one.
+inline Loop* set_current_loop(Loop* l) noexcept;
 
 class Loop {
 public:
@@ -304,11 +315,19 @@ public:
     /// entry in the table, named by a fresh serial that `s` records. Called when an
     /// awaitable is made from the Fd inside a task, while the Fd is surely where it is,
     /// so the awaitable can carry plain values (FdRef) that survive moving the Fd. The
-    /// poller registration itself is made by the first wait (attach). Throws
-    /// std::bad_alloc; std::logic_error if another Fd owns the same number here.
-    void claim(int fd, FdState& s) {
+    /// fd is made O_NONBLOCK now, once (so no awaitable needs to ask); the poller
+    /// registration itself is made by the first wait (attach). Throws std::system_error
+    /// (fcntl: not an open fd), std::bad_alloc, std::logic_error if another Fd owns the
+    /// same number here.
+    [[gnu::noinline]] void claim(int fd, FdState& s) {
         if (s.loop == id_)
             return;
+        if (!s.nonblocking) {
+            int fl = ::fcntl(fd, F_GETFL);
+            if (fl < 0 || (!(fl & O_NONBLOCK) && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+                throw_errno("fcntl");
+            s.nonblocking = true;
+        }
         if (s.loop) { // registered with another loop before (an earlier run()): let go
             bool nonblocking = s.nonblocking;
             disown(fd, s, false);
@@ -317,8 +336,8 @@ public:
         if (remote_ && remote_->orphaned()) // a number closed elsewhere may be reused now
             take_orphans();
         const auto i = static_cast<std::size_t>(fd);
-        if (i >= fds_.size())
-            fds_.resize(i + 1);
+        if (i >= fds_size_)
+            grow_fds(i);
         if (fds_[i].serial)
             throw std::logic_error("xiio: two Fds own fd " + std::to_string(fd));
         enlist();
@@ -331,11 +350,12 @@ public:
     }
 
     /// Adds `n` to the waiters of n.fd. `serial` (from FdRef, 0 for a plain int) names an
-    /// Fd's registration claimed here: it lasts as long as the Fd. Returns false if the fd
-    /// cannot be watched (a regular file): it counts as ready at once, `n` is not
-    /// attached. Throws std::system_error (EBADF if the Fd was closed meanwhile).
+    /// Fd's registration claimed here: it lasts as long as the Fd. Any other serial (the
+    /// Fd was closed meanwhile, or claimed by another loop) makes a transient wait, as
+    /// for an int. Returns false if the fd cannot be watched (a regular file): it counts
+    /// as ready at once, `n` is not attached. Throws std::system_error.
     bool attach(FdNode& n, std::uint64_t serial) {
-        if (serial) { // the fast path: an Fd registered here already
+        if (serial && static_cast<std::size_t>(n.fd) < fds_size_) { // the fast path
             FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
             if (e.serial == serial && (e.armed & n.events) == n.events) {
                 link(e, n);
@@ -346,12 +366,10 @@ public:
             throw_errno("epoll_ctl", EBADF);
         if (remote_ && remote_->orphaned()) // before trusting an entry: see claim
             take_orphans();
-        if (static_cast<std::size_t>(n.fd) >= fds_.size())
-            fds_.resize(static_cast<std::size_t>(n.fd) + 1);
+        if (static_cast<std::size_t>(n.fd) >= fds_size_)
+            grow_fds(static_cast<std::size_t>(n.fd));
         FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-        if (serial && e.serial != serial) // the Fd was closed or released since
-            throw_errno("epoll_ctl", EBADF);
-        const bool owned = e.serial != 0;
+        const bool owned = e.serial != 0; // by this Fd, or by another: then shared
         // An owned registration is kept for the Fd's life; one made transiently before
         // the Fd's first wait (an int wait on the same number) turns level-triggered.
         const bool convert = owned && e.registered && e.oneshot;
@@ -385,7 +403,7 @@ public:
     /// The Fd that claimed registration `serial` of `fd` is closed or released: drop the
     /// registration, fail its waiters. Nothing if that registration is gone already.
     void forget(int fd, std::uint64_t serial) noexcept {
-        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size())
+        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_size_)
             return;
         FdEntry& e = fds_[static_cast<std::size_t>(fd)];
         if (e.serial != serial)
@@ -403,14 +421,6 @@ public:
         }
         --owned_;
         e = FdEntry{};
-    }
-
-    /// The flag "made O_NONBLOCK" of Fd registration `serial` of `fd`; null if it is gone.
-    bool* nonblocking_flag(int fd, std::uint64_t serial) noexcept {
-        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size())
-            return nullptr;
-        FdEntry& e = fds_[static_cast<std::size_t>(fd)];
-        return e.serial == serial ? &e.nonblocking : nullptr;
     }
 
     /// An Fd closed on another thread than this loop's: the loop drops the registration
@@ -494,18 +504,12 @@ public:
     void expect_remote() noexcept { spin_until_ = Clock::now() + remote_spin; }
     static constexpr auto remote_spin = std::chrono::microseconds(10);
 
-    /// The queue through which other threads run callbacks on this loop's thread; its
-    /// eventfd is registered on first use.
+    /// The queue through which a thread pool's workers complete jobs on this loop's
+    /// thread; its eventfd is registered on first use. From then on every poll tells the
+    /// queue when the loop may sleep (see RemoteQueue), which saves workers eventfd writes.
     std::shared_ptr<RemoteQueue> remote() {
-        if (!remote_) {
-            auto q = std::make_shared<RemoteQueue>();
-            remote_edge_ = poller_->add_wakeup(q->fd());
-            if (!remote_edge_)
-                if (int err = poller_->add(q->fd(), READ, false))
-                    throw_errno("epoll_ctl", err);
-            count(Counter::registrations, 1);
-            remote_ = std::move(q);
-        }
+        make_remote();
+        remote_jobs_ = true;
         return remote_;
     }
 
@@ -522,9 +526,12 @@ public:
     /// a noexcept final_suspend, never needs memory. Grows geometrically. Throws
     /// std::bad_alloc.
     void reserve_grave() {
-        std::size_t need = graveyard_.size() + runner_count_ + 1;
-        if (need > graveyard_.capacity())
-            graveyard_.reserve(std::max(need, 2 * graveyard_.capacity()));
+        if (graveyard_.size() + runner_count_ >= graveyard_.capacity()) [[unlikely]]
+            grow_graveyard();
+    }
+    [[gnu::noinline]] void grow_graveyard() {
+        graveyard_.reserve(
+            std::max(graveyard_.size() + runner_count_ + 1, 2 * graveyard_.capacity()));
     }
     void flush_graveyard() noexcept {
         while (!graveyard_.empty()) {
@@ -560,7 +567,6 @@ private:
         unsigned armed = 0;       // events enabled in the poller
         bool registered = false;  // in the poller's interest list
         bool oneshot = false;     // registered one-shot (transient), not level-triggered
-        bool nonblocking = false; // the owning Fd was made O_NONBLOCK
         // For a transient registration (no owner): attached waiters per direction, and how
         // many of them belong to woken waits. Its interest must then be recomputed on every
         // attach and detach, and must not cost a walk over its waiters, whose number the
@@ -570,6 +576,12 @@ private:
         std::uint32_t readers = 0, writers = 0;
         std::uint32_t woken_readers = 0, woken_writers = 0;
     };
+
+    /// Room for entry `i`. Throws std::bad_alloc (then nothing changed).
+    void grow_fds(std::size_t i) {
+        fds_.resize(i + 1);
+        fds_size_ = fds_.size();
+    }
 
     static void tally(FdEntry& e, unsigned events, int attached, int woken) noexcept {
         if (events & READ) {
@@ -663,7 +675,7 @@ private:
     }
 
     void dispatch(const PollEvent& ev) noexcept { // remote callbacks must not throw
-        FdEntry* ep = ev.fd >= 0 && static_cast<std::size_t>(ev.fd) < fds_.size()
+        FdEntry* ep = ev.fd >= 0 && static_cast<std::size_t>(ev.fd) < fds_size_
                           ? &fds_[static_cast<std::size_t>(ev.fd)]
                           : nullptr;
         if (!ep || !ep->registered) { // the wake-up eventfd is not in the table
@@ -710,7 +722,7 @@ private:
     void poll() {
         Clock::time_point deadline = next_deadline();
         bool may_sleep = false; // told the remote queue so: posts write the eventfd
-        if (remote_ && deadline != Clock::time_point::min()) {
+        if (remote_jobs_ && deadline != Clock::time_point::min()) {
             if (keepalive_ > 0 && spin_until_ != Clock::time_point{})
                 spin_for_remote(deadline);
             may_sleep = remote_->prepare_sleep();
@@ -766,12 +778,24 @@ private:
         });
     }
 
+    void make_remote() {
+        if (remote_)
+            return;
+        auto q = std::make_shared<RemoteQueue>();
+        remote_edge_ = poller_->add_wakeup(q->fd());
+        if (!remote_edge_)
+            if (int err = poller_->add(q->fd(), READ, false))
+                throw_errno("epoll_ctl", err);
+        count(Counter::registrations, 1);
+        remote_ = std::move(q);
+    }
+
     /// Joins the registry (once, at the first Fd claimed): from then on an Fd closed on
     /// another thread can find this loop and post to its remote queue.
     void enlist() {
         if (record_.loop)
             return;
-        remote();
+        make_remote(); // orphans only: posts always write its eventfd (sleeping_ stays set)
         record_.id = id_;
         record_.thread = std::this_thread::get_id();
         std::lock_guard lock(LoopRegistry::mutex());
@@ -840,6 +864,7 @@ private:
     std::vector<Wait*> heap_;
     std::uint64_t timer_seq_ = 0;
     std::vector<FdEntry> fds_;
+    std::size_t fds_size_ = 0; // fds_.size(), kept: computing it divides by sizeof(FdEntry)
     std::vector<PollEvent> events_;
     std::size_t fd_waiters_ = 0;
     int keepalive_ = 0;
@@ -848,11 +873,23 @@ private:
     std::vector<std::coroutine_handle<>> graveyard_;
     std::shared_ptr<RemoteQueue> remote_;
     bool remote_edge_ = false;       // its eventfd is edge-triggered: never read back
+    bool remote_jobs_ = false;       // jobs post to it: polls tell it when the loop may sleep
     Clock::time_point spin_until_{}; // watch remote_ until then (once), if it is set
     const std::uint64_t id_ = next_serial();
     LoopRecord record_;     // in the registry once an Fd was claimed (record_.loop set)
     std::size_t owned_ = 0; // entries claimed by Fds: the orphans the remote queue can hold
 };
+
+inline Loop* set_current_loop(Loop* l) noexcept {
+    current_loop_id() = l ? l->id() : 0;
+    return std::exchange(current_loop(), l);
+}
+
+/// An FdRef made from an Fd that the current loop has not claimed (the rare path).
+[[gnu::noinline]] inline void claim_for_current_loop(int fd, FdState& s) {
+    if (Loop* l = current_loop(); l && fd >= 0)
+        l->claim(fd, s);
+}
 
 /// Tells the loop that owns registration `s` (if it still exists) that its Fd is closing
 /// (`close`) or letting go of `fd`. The common case, the current loop, is told directly;

@@ -229,8 +229,8 @@ struct RootRunner final : Runner {
 };
 
 struct CurrentLoop {
-    explicit CurrentLoop(Loop& l) noexcept { current_loop() = &l; }
-    ~CurrentLoop() { current_loop() = nullptr; }
+    explicit CurrentLoop(Loop& l) noexcept { set_current_loop(&l); }
+    ~CurrentLoop() { set_current_loop(nullptr); }
     CurrentLoop(const CurrentLoop&) = delete;
     CurrentLoop& operator=(const CurrentLoop&) = delete;
 };
