@@ -21,7 +21,10 @@ class FutureBase;
 namespace detail {
 
 /// Binds `w` to the awaiting task. False: an exception is pending for this task; it was
-/// moved into `w` and the leaf must not suspend (await_resume throws it).
+/// moved into `w` and the leaf must not suspend (await_resume throws it). A leaf whose
+/// registration then throws must clear w.runner before it rethrows: the awaitable may be
+/// destroyed only with its frame (clang keeps it there), after the runner is gone, and
+/// drop_wait() must not reach for it.
 template <class P>
 bool begin_wait(Wait& w, std::coroutine_handle<P> h) noexcept {
     Runner& r = *h.promise().runner_;
@@ -330,7 +333,12 @@ public:
             loop.schedule(w_.runner);
         } else {
             w_.deadline = t_;
-            loop.add_timer(w_); // may throw: nothing is registered yet
+            try {
+                loop.add_timer(w_); // may throw: nothing is registered yet
+            } catch (...) {
+                w_.runner = nullptr; // see begin_wait: nothing to undo at destruction
+                throw;
+            }
         }
         loop.suspend(*w_.runner, w_, h);
         return true;

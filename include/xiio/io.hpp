@@ -240,20 +240,28 @@ public:
         if (!begin_wait(w_, h))
             return false;
         Loop& loop = *w_.runner->loop;
-        if constexpr (is_io()) {
-            blocking_ = !nonblocking(ref_);
-            if (!blocking_ && attempt()) {
-                Runner& r = *std::exchange(w_.runner, nullptr); // nothing to undo at the end
-                return out_of_budget(r, h);
+        bool attached;
+        try { // what throws (fcntl, epoll_ctl, memory) leaves nothing to undo later
+            if constexpr (is_io()) {
+                blocking_ = !nonblocking(ref_);
+                if (!blocking_ && attempt()) {
+                    Runner& r = *std::exchange(w_.runner, nullptr); // nothing to undo
+                    return out_of_budget(r, h);
+                }
             }
+            this->wait = &w_;
+            this->fd = ref_.fd;
+            this->events = Ev;
+            if constexpr (is_io())
+                this->perform = &FdOp::perform_ready;
+            w_.fds = {static_cast<FdNode*>(this), 1};
+            attached = loop.attach(*this, ref_.serial);
+        } catch (...) {
+            w_.runner = nullptr; // see begin_wait
+            w_.fds = {};
+            throw;
         }
-        this->wait = &w_;
-        this->fd = ref_.fd;
-        this->events = Ev;
-        if constexpr (is_io())
-            this->perform = &FdOp::perform_ready;
-        w_.fds = {static_cast<FdNode*>(this), 1};
-        if (!loop.attach(*this, ref_.serial)) { // a regular file: always ready
+        if (!attached) { // a regular file: always ready
             if constexpr (is_io())
                 attempt();
             return out_of_budget(*std::exchange(w_.runner, nullptr), h);

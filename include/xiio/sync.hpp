@@ -123,7 +123,14 @@ public:
         if (!begin_wait(w_, h))
             return false;               // cancelled before waiting: takes nothing, throws
         node_.state = SyncNode::handed; // try_now() may say closed instead
-        if (static_cast<Derived*>(this)->try_now())
+        bool now;
+        try {
+            now = static_cast<Derived*>(this)->try_now(); // a value's move may throw
+        } catch (...) {
+            w_.runner = nullptr; // see begin_wait: nothing to undo at destruction
+            throw;
+        }
+        if (now)
             return out_of_budget(*w_.runner, h); // takes what it got when it resumes
         node_.wait = &w_;
         node_.owner = static_cast<Derived*>(this);
