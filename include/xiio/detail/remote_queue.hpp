@@ -70,13 +70,7 @@ public:
         n.next_remote = nullptr;
         (tail_ ? tail_->next_remote : head_) = &n;
         tail_ = &n;
-        pending_.store(true);
-        if (sleeping_.load() && !signalled_) {
-            signalled_ = true;
-            std::uint64_t one = 1;
-            // Fails only if the counter would overflow: it is then nonzero anyway.
-            [[maybe_unused]] auto n = sys::write(fd_, &one, sizeof one);
-        }
+        signal_locked();
         return true;
     }
 
@@ -88,12 +82,7 @@ public:
             return false;
         orphans_.push_back(o);
         orphaned_.store(true, std::memory_order_relaxed);
-        pending_.store(true);
-        if (sleeping_.load() && !signalled_) {
-            signalled_ = true;
-            std::uint64_t one = 1;
-            [[maybe_unused]] auto n = sys::write(fd_, &one, sizeof one);
-        }
+        signal_locked();
         return true;
     }
 
@@ -160,6 +149,18 @@ public:
     int fd() const noexcept { return fd_; }
 
 private:
+    /// Under mutex_, after queueing something: marks it pending and, if the loop may be
+    /// asleep, writes the eventfd (once until the loop takes what was posted).
+    void signal_locked() noexcept {
+        pending_.store(true);
+        if (sleeping_.load() && !signalled_) {
+            signalled_ = true;
+            std::uint64_t one = 1;
+            // Fails only if the counter would overflow: it is then nonzero anyway.
+            [[maybe_unused]] auto written = sys::write(fd_, &one, sizeof one);
+        }
+    }
+
     int fd_;
     std::mutex mutex_;
     RemoteNode* head_ = nullptr; // posted, not taken yet
