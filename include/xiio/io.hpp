@@ -83,7 +83,8 @@ namespace detail {
 /// Any fd parameter: an int or an Fd. Holds values, not a pointer to the Fd, so an
 /// awaitable made from an Fd survives the Fd being moved before it starts. Made from an
 /// Fd inside a task, it claims the Fd's registration for the current loop (Loop::claim:
-/// may throw std::bad_alloc, or std::logic_error if two Fds own one number); made
+/// may throw std::system_error if the fd is not open, std::bad_alloc, or
+/// std::logic_error if two Fds own one number); made
 /// outside any loop, it waits on the number as on an int.
 struct FdRef {
     FdRef(int f) noexcept : fd(f) {}

@@ -143,7 +143,7 @@ struct Wait {
 struct FdState {
     std::uint64_t loop = 0;   // id of the loop that owns a registration of it, 0 if none
     std::uint64_t serial = 0; // that registration (never reused: a stale one never matches)
-    bool nonblocking = false; // created O_NONBLOCK (a socket): no fcntl needed
+    bool nonblocking = false; // known O_NONBLOCK (a socket, or claimed): no fcntl needed
 };
 
 inline bool disown(int fd, FdState& s, bool close) noexcept;
@@ -329,9 +329,8 @@ public:
             s.nonblocking = true;
         }
         if (s.loop) { // registered with another loop before (an earlier run()): let go
-            bool nonblocking = s.nonblocking;
             disown(fd, s, false);
-            s.nonblocking = nonblocking;
+            s.nonblocking = true; // made so above, or before; disown() cleared it
         }
         if (remote_ && remote_->orphaned()) // a number closed elsewhere may be reused now
             take_orphans();
