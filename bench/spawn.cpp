@@ -17,9 +17,10 @@
 namespace {
 
 /// malloc's bytes in use: small chunks plus mmap()ed big ones (a million-entry vector).
+/// The heap in use, and the chunks of xiio's frame pool (mapped outside malloc).
 std::size_t heap_in_use() {
     auto m = mallinfo2();
-    return m.uordblks + m.hblkhd;
+    return m.uordblks + m.hblkhd + xiio::detail::frame_pool_bytes().load();
 }
 
 bench::Sample sample(double ns, std::size_t bytes, long n) {

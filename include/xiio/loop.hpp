@@ -21,6 +21,7 @@
 #include <xiio/errors.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <chrono>
 #include <coroutine>
@@ -68,6 +69,8 @@ struct Runner {
     virtual void finished() noexcept {}
     /// Called instead of starting a runner that got an exception before it ever ran.
     virtual void abandon() noexcept {}
+    /// After Loop::bury(): destroy the finished frame now. May destroy the runner.
+    virtual void buried() noexcept {}
     /// Leaves the loop's list of live runners (a finished member may outlive the loop).
     void retire() noexcept;
 
@@ -78,12 +81,41 @@ struct Runner {
     Runner* next_ready_ = nullptr;
     /// Awaits it may still complete without suspending before it must yield (see
     /// out_of_budget in core.hpp); refilled whenever the loop resumes it.
-    static constexpr unsigned budget = 128;
-    unsigned budget_ = budget;
+    static constexpr std::uint8_t budget = 128;
+    std::uint8_t budget_ = budget;
     bool queued_ = false;
-    bool started_ = true;        // group members start false: never run if cancelled first
-    Runner* prev_all_ = nullptr; // the loop's list of live runners (for failures, accounting)
-    Runner* next_all_ = nullptr;
+    bool started_ = true; // group members start false: never run if cancelled first
+    // The next fields fill what would be padding: a group member lives in front of its
+    // frame, in room every frame reserves (see task.hpp), so its size is every frame's.
+    bool root_ : 1 = false;              // in the loop's roots (else a group's member)
+    bool member_done_ : 1 = false;       // a member: finished by value, error or cancellation
+    bool member_cancelled_ : 1 = false;  // a member: ended by a CancelledError
+    bool member_has_frame_ : 1 = false;  // a member: its frame is not yet released
+    std::atomic<std::uint32_t> refs_{0}; // a member: running (1) + its TaskHandles
+    Runner* prev_sibling_ = nullptr;     // the loop's roots, or the group's members
+    Runner* next_sibling_ = nullptr;
+};
+
+/// Runners linked through their sibling links: the loop's roots, the members of a group.
+/// A group's list is known to the loop (Loop::add_members), so a failure reaches every
+/// runner.
+struct RunnerList {
+    Runner* head = nullptr;
+    Runner* tail = nullptr;
+    RunnerList* prev = nullptr; // the loop's lists of members
+    RunnerList* next = nullptr;
+
+    void push_back(Runner& r) noexcept {
+        r.prev_sibling_ = tail;
+        r.next_sibling_ = nullptr;
+        (tail ? tail->next_sibling_ : head) = &r;
+        tail = &r;
+    }
+    void erase(Runner& r) noexcept {
+        (r.prev_sibling_ ? r.prev_sibling_->next_sibling_ : head) = r.next_sibling_;
+        (r.next_sibling_ ? r.next_sibling_->prev_sibling_ : tail) = r.prev_sibling_;
+        r.prev_sibling_ = r.next_sibling_ = nullptr;
+    }
 };
 
 /// A waiter on one fd, linked into that fd's entry in the loop.
@@ -512,31 +544,18 @@ public:
         return remote_;
     }
 
-    /// Destroys a finished frame once control is back in the loop: a frame cannot be
-    /// destroyed from its own final_suspend without relying on what the compiler does
-    /// after await_suspend returns.
-    /// Never allocates: reserve_grave() made room when the runner was made.
-    void bury(std::coroutine_handle<> h) noexcept {
-        assert(graveyard_.size() < graveyard_.capacity());
-        graveyard_.push_back(h);
-    }
-    /// A runner that will be buried (a group member) is about to be made: room in the
-    /// graveyard for it, and for every live runner and buried frame, so that bury(), from
-    /// a noexcept final_suspend, never needs memory. Grows geometrically. Throws
-    /// std::bad_alloc.
-    void reserve_grave() {
-        if (graveyard_.size() + runner_count_ >= graveyard_.capacity()) [[unlikely]]
-            grow_graveyard();
-    }
-    [[gnu::noinline]] void grow_graveyard() {
-        graveyard_.reserve(
-            std::max(graveyard_.size() + runner_count_ + 1, 2 * graveyard_.capacity()));
+    /// Has `r` destroy its finished frame (Runner::buried) once control is back in the
+    /// loop: a frame cannot be destroyed from its own final_suspend without relying on what
+    /// the compiler does after await_suspend returns. Linked through its ready link (it
+    /// is running, so in no queue), so burying never needs memory.
+    void bury(Runner& r) noexcept {
+        r.next_ready_ = graveyard_;
+        graveyard_ = &r;
     }
     void flush_graveyard() noexcept {
-        while (!graveyard_.empty()) {
-            auto h = graveyard_.back();
-            graveyard_.pop_back();
-            h.destroy();
+        while (Runner* r = graveyard_) {
+            graveyard_ = std::exchange(r->next_ready_, nullptr);
+            r->buried(); // may destroy r
         }
     }
 
@@ -545,18 +564,30 @@ public:
     /// True while this loop blocks SIGPIPE in its thread (see SigpipeGuard).
     bool owns_sigpipe_ = false;
 
-    void link(Runner& r) noexcept {
-        ++runner_count_;
-        r.next_all_ = runners_;
-        if (runners_)
-            runners_->prev_all_ = &r;
-        runners_ = &r;
-    }
+    void link(Runner&) noexcept { ++runner_count_; }
     void unlink(Runner& r) noexcept {
         --runner_count_;
-        (r.prev_all_ ? r.prev_all_->next_all_ : runners_) = r.next_all_;
-        if (r.next_all_)
-            r.next_all_->prev_all_ = r.prev_all_;
+        if (r.root_)
+            roots_.erase(r);
+    }
+    /// A root runner (not a group's member): failures reach it through the loop's list.
+    void add_root(Runner& r) noexcept {
+        r.root_ = true;
+        roots_.push_back(r);
+    }
+    /// A group's members: failures reach them through this list while it is added.
+    void add_members(RunnerList& l) noexcept {
+        l.prev = nullptr;
+        l.next = member_lists_;
+        if (member_lists_)
+            member_lists_->prev = &l;
+        member_lists_ = &l;
+    }
+    void remove_members(RunnerList& l) noexcept {
+        (l.prev ? l.prev->next : member_lists_) = l.next;
+        if (l.next)
+            l.next->prev = l.prev;
+        l.prev = l.next = nullptr;
     }
 
 private:
@@ -807,9 +838,14 @@ private:
     void fail_all(std::exception_ptr e) noexcept {
         if (!failure_)
             failure_ = e;
-        for (Runner* r = runners_; r; r = r->next_all_)
-            if (!r->wait_ || !r->wait_->interrupt) // a group's join hears it from members
-                throw_in(*r, e);
+        auto each = [&](const RunnerList& l) {
+            for (Runner* r = l.head; r; r = r->next_sibling_)
+                if (!r->wait_ || !r->wait_->interrupt) // a group's join hears it from members
+                    throw_in(*r, e);
+        };
+        each(roots_);
+        for (RunnerList* l = member_lists_; l; l = l->next)
+            each(*l);
     }
 
     // The timer heap is 4-ary (half the depth of a binary one: fewer cache misses on the
@@ -867,9 +903,10 @@ private:
     std::vector<PollEvent> events_;
     std::size_t fd_waiters_ = 0;
     int keepalive_ = 0;
-    Runner* runners_ = nullptr;
-    std::size_t runner_count_ = 0; // in runners_
-    std::vector<std::coroutine_handle<>> graveyard_;
+    RunnerList roots_;                   // run()'s root, a host's
+    RunnerList* member_lists_ = nullptr; // of the groups
+    std::size_t runner_count_ = 0;       // live runners (roots and members)
+    Runner* graveyard_ = nullptr;        // runners whose finished frame is to be destroyed
     std::shared_ptr<RemoteQueue> remote_;
     bool remote_edge_ = false;       // its eventfd is edge-triggered: never read back
     bool remote_jobs_ = false;       // jobs post to it: polls tell it when the loop may sleep

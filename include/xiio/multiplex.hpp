@@ -31,63 +31,95 @@ class TaskGroup;
 
 namespace detail {
 
-/// A group member: its runner, its outcome, and the future its handles wait for. Shared
-/// with the TaskHandles, so the outcome outlives the group.
+/// A group member: its runner, its outcome, and the waiters of its TaskHandles. Made in
+/// the room in front of its task's frame (FrameRoom in task.hpp): adding a task allocates
+/// nothing. Counted references (Runner::refs_): one while it runs, one per TaskHandle;
+/// the last one destroys it, and the frame's block is freed once the frame is gone too,
+/// so a handle stays valid after the group is gone.
 struct MemberBase : Runner {
-    explicit MemberBase(Loop& l) : Runner(with_grave(l)) {}
+    explicit MemberBase(Loop& l) noexcept : Runner(l) {}
     TaskGroup* group_ = nullptr;
-    MemberBase* gprev_ = nullptr; // the group's list of unfinished members
-    MemberBase* gnext_ = nullptr;
+    WaiterList waiters_; // tasks awaiting a TaskHandle of it (woken when it is done)
     std::exception_ptr error_;
-    bool cancelled_ = false;
-    Future<void> finished_;
-    std::shared_ptr<MemberBase> self_; // keeps the member alive while it runs
 
     void finished() noexcept override;
     void abandon() noexcept override;
+    void buried() noexcept override;
     virtual void collect() noexcept = 0; // moves the outcome out of the frame
+    /// The frame, which the caller destroys (or buries); null once released.
     virtual std::coroutine_handle<> release_frame() noexcept = 0;
+    /// Ends the member (and, if its frame is gone, the block): the last reference is gone.
+    virtual void destroy() noexcept = 0;
+    /// Leaves the loop and the group, wakes the handles' waiters; the caller then lets
+    /// go of the running reference.
     void complete() noexcept;
 
-private:
-    static Loop& with_grave(Loop& l) {
-        l.reserve_grave(); // before Runner links it: finished() buries it without failing
-        return l;
+    void retain() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            destroy();
     }
 };
+static_assert(sizeof(MemberBase) <= member_base_size, "FrameRoom: a member does not fit");
 
 template <class T>
 struct Member final : MemberBase {
-    Member(Loop& l, Task<T> t) : MemberBase(l), task_(std::move(t)) {
-        task_.handle().promise().runner_ = this;
-        resume_ = task_.handle();
+    using Frame = std::coroutine_handle<Promise<T>>;
+
+    /// Makes the member of `task` in front of its frame and takes the frame over (the
+    /// Task is empty afterwards), with one reference: the running one. Allocates nothing.
+    static Member* make(Loop& l, Task<T>& task) noexcept {
+        static_assert(sizeof(Member) <= FrameRoom<T>::member_size && alignof(Member) <= 16,
+                      "FrameRoom: this member does not fit in front of its frame");
+        void* frame = task.handle().address();
+        auto* m = new (static_cast<char*>(frame) - FrameRoom<T>::size) Member(l);
+        task.release();
+        FrameCell::of(frame).lives.fetch_add(1, std::memory_order_relaxed); // the member's
+        m->member_has_frame_ = true;
+        m->refs_.store(1, std::memory_order_relaxed);
+        m->frame().promise().runner_ = m;
+        m->resume_ = m->frame();
+        return m;
     }
-    Task<T> task_;
-    std::optional<std::conditional_t<std::is_void_v<T>, std::monostate, T>> value_;
+
+    [[no_unique_address]] typename FrameRoom<T>::Value value_; // monostate for void
+    Frame frame() noexcept {
+        return Frame::from_address(reinterpret_cast<char*>(this) + FrameRoom<T>::size);
+    }
 
     void collect() noexcept override {
         try {
-            if constexpr (std::is_void_v<T>) {
-                task_.handle().promise().take();
-                value_.emplace();
-            } else {
-                value_.emplace(task_.handle().promise().take());
-            }
+            if constexpr (std::is_void_v<T>)
+                frame().promise().take(); // rethrows the task's exception
+            else
+                value_.emplace(frame().promise().take());
         } catch (const CancelledError&) {
-            cancelled_ = true;
+            member_cancelled_ = true;
         } catch (...) {
             error_ = std::current_exception();
         }
     }
-    std::coroutine_handle<> release_frame() noexcept override { return task_.release(); }
+    std::coroutine_handle<> release_frame() noexcept override {
+        if (!member_has_frame_)
+            return nullptr;
+        member_has_frame_ = false;
+        return frame();
+    }
+    void destroy() noexcept override {
+        void* block_frame = reinterpret_cast<char*>(this) + FrameRoom<T>::size;
+        if (auto f = release_frame()) // a member that never got to its end (teardown)
+            f.destroy();
+        this->~Member();
+        FrameCell::drop(block_frame, FrameRoom<T>::size);
+    }
 
     /// The outcome: a copy of the value (moved if T is move-only), or rethrows.
     T result() {
-        if (!finished_.done())
+        if (!member_done_)
             throw std::logic_error("xiio::TaskHandle::result: the task has not finished");
         if (error_)
             std::rethrow_exception(error_);
-        if (cancelled_)
+        if (member_cancelled_)
             throw CancelledError{};
         if constexpr (!std::is_void_v<T>) {
             if constexpr (std::is_copy_constructible_v<T>)
@@ -96,6 +128,9 @@ struct Member final : MemberBase {
                 return std::move(*value_);
         }
     }
+
+private:
+    explicit Member(Loop& l) : MemberBase(l) {}
 };
 
 } // namespace detail
@@ -104,28 +139,63 @@ struct Member final : MemberBase {
 template <class T>
 class TaskHandle {
 public:
-    explicit TaskHandle(std::shared_ptr<detail::Member<T>> m) noexcept : m_(std::move(m)) {}
+    /// Plumbing (TaskGroup::add_task): takes over one reference of `m`, which may be null.
+    explicit TaskHandle(detail::Member<T>* m) noexcept : m_(m) {}
+    TaskHandle(const TaskHandle& o) noexcept : m_(o.m_) {
+        if (m_)
+            m_->retain();
+    }
+    TaskHandle(TaskHandle&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
+    TaskHandle& operator=(TaskHandle o) noexcept {
+        std::swap(m_, o.m_);
+        return *this;
+    }
+    ~TaskHandle() {
+        if (m_)
+            m_->release();
+    }
 
     /// Finished by value, exception or cancellation.
-    bool done() const noexcept { return m_->finished_.done(); }
+    bool done() const noexcept { return m_->member_done_; }
     /// A copy of the value (a move-only value is moved out: take it once); rethrows the
     /// task's exception; CancelledError if it was cancelled; std::logic_error if not done.
     T result() const { return m_->result(); }
 
-    /// `co_await handle`: waits until the task finished, then as result().
-    struct Awaiter : Future<void>::Awaiter {
-        explicit Awaiter(std::shared_ptr<detail::Member<T>> m) noexcept
-            : Future<void>::Awaiter(&m->finished_), m_(std::move(m)) {}
-        T await_resume() {
-            Future<void>::Awaiter::await_resume();
-            return m_->result();
+    /// `co_await handle`: waits until the task finished, then as result(). A cancellation
+    /// point.
+    struct Awaiter {
+        TaskHandle h_; // keeps the member while the awaiter is registered with it
+        detail::FutureNode node_;
+        detail::Wait w_;
+
+        explicit Awaiter(const TaskHandle& h) noexcept : h_(h) {}
+        Awaiter(Awaiter&&) = delete;
+        ~Awaiter() { detail::drop_wait(w_); }
+        bool await_ready() const noexcept { return false; }
+        template <detail::XiioPromise P>
+        bool await_suspend(std::coroutine_handle<P> h) {
+            if (!detail::begin_wait(w_, h))
+                return false;
+            if (h_.m_->member_done_)
+                return detail::out_of_budget(*w_.runner, h);
+            node_.wait = &w_;
+            node_.reads_value = true;
+            w_.futures = {&node_, 1};
+            h_.m_->waiters_.push(node_);
+            w_.runner->loop->suspend(*w_.runner, w_, h);
+            return true;
         }
-        std::shared_ptr<detail::Member<T>> m_;
+        T await_resume() {
+            detail::end_wait(w_);
+            return h_.m_->result();
+        }
     };
-    Awaiter operator co_await() const noexcept { return Awaiter(m_); }
+    Awaiter operator co_await() const noexcept { return Awaiter(*this); }
+
+    detail::Member<T>* member() const noexcept { return m_; } // plumbing
 
 private:
-    std::shared_ptr<detail::Member<T>> m_;
+    detail::Member<T>* m_;
 };
 
 /// A scope of tasks; see task_group(). Only ever used by reference.
@@ -134,6 +204,7 @@ public:
     TaskGroup() : loop_(detail::current_loop()) {
         if (!loop_)
             throw std::logic_error("xiio::TaskGroup: no loop runs on this thread");
+        loop_->add_members(members_);
     }
     TaskGroup(const TaskGroup&) = delete;
     TaskGroup& operator=(const TaskGroup&) = delete;
@@ -146,15 +217,17 @@ public:
     ~TaskGroup() {
         if (joined_ && join_.runner && join_.runner->wait_ == &join_)
             join_.runner->wait_ = nullptr;
-        while (detail::MemberBase* m = members_) {
-            members_ = m->gnext_;
+        while (members_.head) {
+            auto* m = static_cast<detail::MemberBase*>(members_.head);
+            members_.erase(*m);
             m->group_ = nullptr;
-            m->cancelled_ = true;
+            m->member_cancelled_ = true;
             if (auto frame = m->release_frame())
                 frame.destroy();
             m->retire();
-            m->self_.reset(); // may destroy m
+            m->release(); // the running reference: may destroy m
         }
+        loop_->remove_members(members_);
     }
 
     /// Queues `task` as a member; it starts once the adding task suspends (or finishes).
@@ -164,16 +237,17 @@ public:
             throw std::logic_error("xiio::TaskGroup::add_task: the group has finished");
         if (!task)
             throw std::logic_error("xiio::TaskGroup::add_task: empty Task");
-        auto m = std::make_shared<detail::Member<T>>(*loop_, std::move(task));
-        enter(*m, m);
+        auto* m = detail::Member<T>::make(*loop_, task);
+        enter(*m);
         m->started_ = false;
-        loop_->schedule(m.get());
+        loop_->schedule(m);
         // The group is being torn down by a cancellation from outside, which cancels
         // everything the cancelled task runs, members it adds from now on included (they
         // never start). Only the group's own cancel() lets later members run.
         if (outside_)
             loop_->throw_in(*m, std::make_exception_ptr(CancelledError{}));
-        return TaskHandle<T>(std::move(m));
+        m->retain();
+        return TaskHandle<T>(m);
     }
     /// add_task() for a light awaitable (`tg.add_task(sleep(1s))`).
     template <detail::Wrappable A>
@@ -197,11 +271,12 @@ public:
     // ---- plumbing for task_group() ----------------------------------------------------
 
     template <class T>
-    std::shared_ptr<detail::Member<T>> add_body(Task<T> task) {
-        auto m = std::make_shared<detail::Member<T>>(*loop_, std::move(task));
-        enter(*m, m);
-        body_ = m.get();
-        return m;
+    TaskHandle<T> add_body(Task<T> task) {
+        auto* m = detail::Member<T>::make(*loop_, task);
+        enter(*m);
+        body_ = m;
+        m->retain();
+        return TaskHandle<T>(m);
     }
 
     /// The parent's wait for the group: starts the body, then suspends until every
@@ -255,19 +330,15 @@ private:
         TaskGroup* group;
     };
 
-    void enter(detail::MemberBase& m, std::shared_ptr<detail::MemberBase> self) noexcept {
+    void enter(detail::MemberBase& m) noexcept {
         // Appended: members are cancelled in the order they were added.
         m.group_ = this;
-        m.self_ = std::move(self);
-        m.gprev_ = last_;
-        (last_ ? last_->gnext_ : members_) = &m;
-        last_ = &m;
+        members_.push_back(m);
         ++size_;
     }
 
     void leave(detail::MemberBase& m) noexcept {
-        (m.gprev_ ? m.gprev_->gnext_ : members_) = m.gnext_;
-        (m.gnext_ ? m.gnext_->gprev_ : last_) = m.gprev_;
+        members_.erase(m);
         m.group_ = nullptr;
         if (m.error_ && !cancelled_) { // the first exception wins, later ones are dropped
             error_ = m.error_;
@@ -285,7 +356,7 @@ private:
 
     void cancel_members() noexcept {
         auto e = std::make_exception_ptr(CancelledError{});
-        for (detail::MemberBase* m = members_; m; m = m->gnext_)
+        for (detail::Runner* m = members_.head; m; m = m->next_sibling_)
             loop_->throw_in(*m, e);
     }
 
@@ -304,8 +375,7 @@ private:
     }
 
     detail::Loop* loop_;
-    detail::MemberBase* members_ = nullptr; // unfinished members, in the order added
-    detail::MemberBase* last_ = nullptr;
+    detail::RunnerList members_;         // unfinished members, in the order added
     detail::MemberBase* body_ = nullptr; // until the join started it
     std::size_t size_ = 0;
     std::exception_ptr error_;
@@ -319,26 +389,35 @@ private:
 namespace detail {
 
 inline void MemberBase::finished() noexcept {
-    // Inside the member's own final_suspend: take the outcome, leave the frame to the
-    // loop's graveyard, then report to the group (which may wake the parent).
+    // Inside the member's own final_suspend: take the outcome, report to the group (which
+    // may wake the parent), and leave the frame to the loop's graveyard, which keeps the
+    // running reference until it destroyed the frame (buried).
     collect();
-    if (loop)
-        loop->bury(release_frame());
+    Loop* l = loop;
     complete();
+    l->bury(*this);
+}
+
+inline void MemberBase::buried() noexcept {
+    if (auto f = release_frame())
+        f.destroy();
+    release(); // the running reference: may destroy this member
 }
 
 inline void MemberBase::abandon() noexcept {
-    cancelled_ = true;
+    member_cancelled_ = true;
     release_frame().destroy(); // never started: no frame of it is running
     complete();
+    release();
 }
 
 inline void MemberBase::complete() noexcept {
     retire();
     if (group_)
         group_->leave(*this);
-    finished_.set_result();
-    self_.reset(); // may destroy this member, if no handle refers to it
+    member_done_ = true;
+    for (FutureNode* n = waiters_.head; n; n = n->next)
+        n->wait->runner->loop->wake(*n->wait); // retire() cleared loop
 }
 
 template <class Body>
@@ -347,7 +426,7 @@ using body_task_t = decltype(as_task(std::declval<std::invoke_result_t<Body&, Ta
 template <class Body, class R = typename body_task_t<Body>::value_type>
 Task<R> run_group(Body body) {
     TaskGroup tg;
-    std::shared_ptr<Member<R>> b;
+    TaskHandle<R> b(nullptr);
     std::exception_ptr setup_error;
     try {
         b = tg.add_body(as_task(std::invoke(body, tg)));
@@ -364,9 +443,9 @@ Task<R> run_group(Body body) {
     } else {
         // An error of the body that got here was raised after cancel() and dropped: like a
         // cancelled body, it has no value.
-        if (b->error_)
+        if (b.member()->error_)
             throw CancelledError{};
-        co_return b->result(); // CancelledError if the body was cancelled (no value)
+        co_return b.result(); // CancelledError if the body was cancelled (no value)
     }
 }
 

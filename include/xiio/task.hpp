@@ -11,16 +11,23 @@
 // sanitizers). If the child suspends at a leaf, the trampoline has nothing left and
 // returns to the loop, which later resumes the leaf's frame through the trampoline again.
 
+#include <xiio/detail/frame_pool.hpp>
 #include <xiio/loop.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <concepts>
 #include <coroutine>
+#include <cstddef>
+#include <cstdint>
 #include <exception>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 
 namespace xiio {
 
@@ -59,8 +66,59 @@ struct PromiseBase {
     void unhandled_exception() noexcept { exception_ = std::current_exception(); }
 };
 
+/// What the block of a frame keeps in the 8 bytes in front of the frame: how many of the
+/// frame and the group member made in front of it (see FrameRoom) are alive, and the
+/// frame's size. The block is freed when both are gone: a TaskHandle keeps the member,
+/// and with it the block, after the frame was destroyed (its parameters and locals are
+/// gone at once: only the memory stays).
+struct FrameCell {
+    std::atomic<std::uint32_t> lives;
+    std::uint32_t size;
+
+    static FrameCell& of(void* frame) noexcept {
+        return *reinterpret_cast<FrameCell*>(static_cast<char*>(frame) - sizeof(FrameCell));
+    }
+    /// One of the two is gone; the last frees the block, whose frame starts `room` in.
+    static void drop(void* frame, std::size_t room) noexcept {
+        FrameCell& c = of(frame);
+        if (c.lives.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            frame_deallocate(static_cast<char*>(frame) - room, room + c.size);
+    }
+};
+
+/// Bytes a group member takes apart from its value (multiplex.hpp asserts that it fits).
+inline constexpr std::size_t member_base_size = 104;
+
+/// Every frame of a Task<T> is allocated with room in front of it for the group member it
+/// may become (the runner, the outcome, the waiters of its handles), so that add_task()
+/// allocates nothing beyond the frame. A frame that never becomes a member wastes the
+/// room; its cost is memory only (nothing is constructed in it).
+template <class T>
+struct FrameRoom {
+    using Value = std::conditional_t<std::is_void_v<T>, std::monostate, std::optional<T>>;
+    static constexpr std::size_t value_size = std::is_void_v<T> ? 0 : sizeof(Value);
+    static constexpr std::size_t value_align = alignof(Value);
+    static constexpr std::size_t up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+    static constexpr std::size_t member_size =
+        up(up(member_base_size, value_align) + value_size, std::max(alignof(void*), value_align));
+    /// A multiple of 16, so the frame keeps operator new's alignment.
+    static constexpr std::size_t size = up(member_size + sizeof(FrameCell), 16);
+};
+
 template <class T>
 struct Promise : PromiseBase {
+    // Frames come from the thread's frame pool (detail/frame_pool.hpp), with FrameRoom in
+    // front; the compiler passes the frame's size back to the sized delete.
+    static void* operator new(std::size_t n) {
+        char* frame =
+            static_cast<char*>(frame_allocate(FrameRoom<T>::size + n)) + FrameRoom<T>::size;
+        new (frame - sizeof(FrameCell)) FrameCell{{1}, static_cast<std::uint32_t>(n)};
+        return frame;
+    }
+    static void operator delete(void* frame, std::size_t) noexcept {
+        FrameCell::drop(frame, FrameRoom<T>::size);
+    }
+
     std::optional<T> value_;
     Task<T> get_return_object() noexcept;
     template <class U = T>
@@ -77,6 +135,16 @@ struct Promise : PromiseBase {
 
 template <>
 struct Promise<void> : PromiseBase {
+    static void* operator new(std::size_t n) {
+        char* frame =
+            static_cast<char*>(frame_allocate(FrameRoom<void>::size + n)) + FrameRoom<void>::size;
+        new (frame - sizeof(FrameCell)) FrameCell{{1}, static_cast<std::uint32_t>(n)};
+        return frame;
+    }
+    static void operator delete(void* frame, std::size_t) noexcept {
+        FrameCell::drop(frame, FrameRoom<void>::size);
+    }
+
     Task<void> get_return_object() noexcept;
     void return_void() noexcept {}
     void take() {
@@ -215,6 +283,7 @@ struct RootRunner final : Runner {
             throw std::logic_error(std::string(who) + ": the Task was already started");
         p.runner_ = this;
         resume_ = task_.handle();
+        l.add_root(*this);
         l.schedule(this);
     }
     void finished() noexcept override { done_ = true; }
