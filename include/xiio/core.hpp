@@ -131,7 +131,7 @@ protected:
     ~FutureBase() {
         // Waiters must not read a dead future: they get an error instead. A Condition
         // that the future satisfied before it died only needed to know that it is done.
-        while (detail::FutureNode* n = waiters_.head) {
+        while (detail::FutureNode* n = waiters_.first()) {
             waiters_.unlink(*n);
             if (!done_ || n->reads_value)
                 n->wait->error = detail::prebuilt_errors().future_destroyed; // cannot fail
@@ -142,7 +142,7 @@ protected:
         if (done_)
             throw std::logic_error("xiio::Future: result already set");
         done_ = true;
-        for (detail::FutureNode* n = waiters_.head; n; n = n->next)
+        for (detail::FutureNode* n = waiters_.first(); n; n = waiters_.after(n))
             n->wait->runner->loop->wake(*n->wait);
     }
 

@@ -135,10 +135,12 @@ struct FdNode {
 
 struct FutureNode;
 
-/// The waiters of one future (intrusive, FIFO).
+/// The waiters of one future (intrusive, FIFO). Circular through the nodes, so the list
+/// itself is one pointer (it is part of every group member, see FrameRoom).
 struct WaiterList {
-    FutureNode* head = nullptr;
-    FutureNode* tail = nullptr;
+    FutureNode* last = nullptr; // last->next is the first
+    FutureNode* first() const noexcept;
+    FutureNode* after(const FutureNode* n) const noexcept; // null after the last
     void push(FutureNode& n) noexcept;
     void unlink(FutureNode& n) noexcept;
 };
@@ -961,16 +963,33 @@ inline void Runner::retire() noexcept {
     std::exchange(loop, nullptr)->unlink(*this);
 }
 
+inline FutureNode* WaiterList::first() const noexcept {
+    return last ? last->next : nullptr;
+}
+inline FutureNode* WaiterList::after(const FutureNode* n) const noexcept {
+    return n == last ? nullptr : n->next;
+}
 inline void WaiterList::push(FutureNode& n) noexcept {
     n.list = this;
-    n.next = nullptr;
-    n.prev = tail;
-    (tail ? tail->next : head) = &n;
-    tail = &n;
+    if (!last) {
+        n.prev = n.next = &n;
+    } else {
+        n.prev = last;
+        n.next = last->next;
+        last->next->prev = &n;
+        last->next = &n;
+    }
+    last = &n;
 }
 inline void WaiterList::unlink(FutureNode& n) noexcept {
-    (n.prev ? n.prev->next : head) = n.next;
-    (n.next ? n.next->prev : tail) = n.prev;
+    if (n.next == &n) {
+        last = nullptr;
+    } else {
+        n.prev->next = n.next;
+        n.next->prev = n.prev;
+        if (last == &n)
+            last = n.prev;
+    }
     n.prev = n.next = nullptr;
     n.list = nullptr;
 }

@@ -40,7 +40,11 @@ struct MemberBase : Runner {
     explicit MemberBase(Loop& l) noexcept : Runner(l) {}
     TaskGroup* group_ = nullptr;
     WaiterList waiters_; // tasks awaiting a TaskHandle of it (woken when it is done)
-    std::exception_ptr error_;
+
+    /// Once done: the task's exception (other than CancelledError), if any. Kept in the
+    /// runner's pending_, which a finished task no longer needs: what was thrown in after
+    /// its last co_await is dropped, as it always was (one word less in every frame).
+    const std::exception_ptr& error() const noexcept { return pending_; }
 
     void finished() noexcept override;
     void abandon() noexcept override;
@@ -88,6 +92,7 @@ struct Member final : MemberBase {
     }
 
     void collect() noexcept override {
+        pending_ = nullptr; // never delivered: from now on it holds the error (see error())
         try {
             if constexpr (std::is_void_v<T>)
                 frame().promise().take(); // rethrows the task's exception
@@ -96,7 +101,7 @@ struct Member final : MemberBase {
         } catch (const CancelledError&) {
             member_cancelled_ = true;
         } catch (...) {
-            error_ = std::current_exception();
+            pending_ = std::current_exception();
         }
     }
     std::coroutine_handle<> release_frame() noexcept override {
@@ -117,8 +122,8 @@ struct Member final : MemberBase {
     T result() {
         if (!member_done_)
             throw std::logic_error("xiio::TaskHandle::result: the task has not finished");
-        if (error_)
-            std::rethrow_exception(error_);
+        if (error())
+            std::rethrow_exception(error());
         if (member_cancelled_)
             throw CancelledError{};
         if constexpr (!std::is_void_v<T>) {
@@ -222,6 +227,7 @@ public:
             members_.erase(*m);
             m->group_ = nullptr;
             m->member_cancelled_ = true;
+            m->pending_ = nullptr; // see error()
             if (auto frame = m->release_frame())
                 frame.destroy();
             m->retire();
@@ -340,8 +346,8 @@ private:
     void leave(detail::MemberBase& m) noexcept {
         members_.erase(m);
         m.group_ = nullptr;
-        if (m.error_ && !cancelled_) { // the first exception wins, later ones are dropped
-            error_ = m.error_;
+        if (m.error() && !cancelled_) { // the first exception wins, later ones are dropped
+            error_ = m.error();
             cancelled_ = true;
             cancel_members();
         }
@@ -406,6 +412,7 @@ inline void MemberBase::buried() noexcept {
 
 inline void MemberBase::abandon() noexcept {
     member_cancelled_ = true;
+    pending_ = nullptr;        // the cancellation that stopped it: not an error (see error())
     release_frame().destroy(); // never started: no frame of it is running
     complete();
     release();
@@ -416,7 +423,7 @@ inline void MemberBase::complete() noexcept {
     if (group_)
         group_->leave(*this);
     member_done_ = true;
-    for (FutureNode* n = waiters_.head; n; n = n->next)
+    for (FutureNode* n = waiters_.first(); n; n = waiters_.after(n))
         n->wait->runner->loop->wake(*n->wait); // retire() cleared loop
 }
 
@@ -443,7 +450,7 @@ Task<R> run_group(Body body) {
     } else {
         // An error of the body that got here was raised after cancel() and dropped: like a
         // cancelled body, it has no value.
-        if (b.member()->error_)
+        if (b.member()->error())
             throw CancelledError{};
         co_return b.result(); // CancelledError if the body was cancelled (no value)
     }

@@ -42,17 +42,17 @@ struct PromiseBase {
     PromiseBase(const PromiseBase&) = delete;
     PromiseBase& operator=(const PromiseBase&) = delete;
 
+    // Set when the task starts and never cleared: a task that has a runner was started
+    // (it may have finished). Nothing else is kept: three words, part of every frame.
     Runner* runner_ = nullptr;
     std::coroutine_handle<> continuation_; // the awaiting frame; null for a runner's root
     std::exception_ptr exception_;
-    bool done_ = false;
 
     struct FinalAwaiter {
         bool await_ready() const noexcept { return false; }
         template <class P>
         void await_suspend(std::coroutine_handle<P> h) const noexcept {
             PromiseBase& p = h.promise();
-            p.done_ = true;
             if (p.continuation_)
                 p.runner_->loop->resume_next(p.continuation_); // once this frame returned
             else
@@ -87,7 +87,7 @@ struct FrameCell {
 };
 
 /// Bytes a group member takes apart from its value (multiplex.hpp asserts that it fits).
-inline constexpr std::size_t member_base_size = 104;
+inline constexpr std::size_t member_base_size = 88;
 
 /// Every frame of a Task<T> is allocated with room in front of it for the group member it
 /// may become (the runner, the outcome, the waiters of its handles), so that add_task()
@@ -188,7 +188,7 @@ public:
         bool await_ready() const {
             if (!h_)
                 throw std::logic_error("xiio: awaiting an empty Task (moved from?)");
-            if (h_.promise().done_ || h_.promise().runner_)
+            if (h_.promise().runner_) // started, maybe finished
                 throw std::logic_error("xiio: a Task can be awaited only once");
             return false;
         }
@@ -279,7 +279,7 @@ struct RootRunner final : Runner {
         if (!task_)
             throw std::logic_error(std::string(who) + ": empty Task");
         auto& p = task_.handle().promise();
-        if (p.runner_ || p.done_)
+        if (p.runner_) // started, maybe finished
             throw std::logic_error(std::string(who) + ": the Task was already started");
         p.runner_ = this;
         resume_ = task_.handle();

@@ -172,6 +172,7 @@ public:
     static FramePool& shared() noexcept {
         static FramePool* s = [] {
             auto* p = new FramePool; // never destroyed: frees may reach it until exit
+            p->shared_ = true;
             p->parked_.store(true);
             return p;
         }();
@@ -272,7 +273,7 @@ private:
         if (!parked_.load(std::memory_order_seq_cst))
             return; // adopted meanwhile: its new thread collects
         collect_remote();
-        if (this != &shared())
+        if (!shared_) // (asking shared() here could allocate: this is a noexcept path)
             release_empty();
     }
 
@@ -377,6 +378,7 @@ private:
     std::atomic<PoolChunk*> remote_chunks_{nullptr};
     std::atomic<bool> parked_{false};
     FramePool* next_parked_ = nullptr;
+    bool shared_ = false;
 };
 
 /// operator new of a coroutine frame. Throws std::bad_alloc.
