@@ -103,20 +103,25 @@ struct FrameRoom {
         up(up(member_base_size, value_align) + value_size, std::max(alignof(void*), value_align));
     /// A multiple of 16, so the frame keeps operator new's alignment.
     static constexpr std::size_t size = up(member_size + sizeof(FrameCell), 16);
+
+    /// A frame of `n` bytes, `size` bytes into its block; its cell counts the frame.
+    /// Throws std::bad_alloc.
+    static void* allocate(std::size_t n) {
+        char* frame = static_cast<char*>(frame_allocate(size + n)) + size;
+        new (frame - sizeof(FrameCell)) FrameCell{{1}, static_cast<std::uint32_t>(n)};
+        return frame;
+    }
+    /// The frame is gone (its member, if any, may still be alive).
+    static void deallocate(void* frame) noexcept { FrameCell::drop(frame, size); }
 };
 
 template <class T>
 struct Promise : PromiseBase {
     // Frames come from the thread's frame pool (detail/frame_pool.hpp), with FrameRoom in
     // front; the compiler passes the frame's size back to the sized delete.
-    static void* operator new(std::size_t n) {
-        char* frame =
-            static_cast<char*>(frame_allocate(FrameRoom<T>::size + n)) + FrameRoom<T>::size;
-        new (frame - sizeof(FrameCell)) FrameCell{{1}, static_cast<std::uint32_t>(n)};
-        return frame;
-    }
+    static void* operator new(std::size_t n) { return FrameRoom<T>::allocate(n); }
     static void operator delete(void* frame, std::size_t) noexcept {
-        FrameCell::drop(frame, FrameRoom<T>::size);
+        FrameRoom<T>::deallocate(frame);
     }
 
     std::optional<T> value_;
@@ -135,14 +140,9 @@ struct Promise : PromiseBase {
 
 template <>
 struct Promise<void> : PromiseBase {
-    static void* operator new(std::size_t n) {
-        char* frame =
-            static_cast<char*>(frame_allocate(FrameRoom<void>::size + n)) + FrameRoom<void>::size;
-        new (frame - sizeof(FrameCell)) FrameCell{{1}, static_cast<std::uint32_t>(n)};
-        return frame;
-    }
+    static void* operator new(std::size_t n) { return FrameRoom<void>::allocate(n); }
     static void operator delete(void* frame, std::size_t) noexcept {
-        FrameCell::drop(frame, FrameRoom<void>::size);
+        FrameRoom<void>::deallocate(frame);
     }
 
     Task<void> get_return_object() noexcept;
