@@ -181,6 +181,35 @@ TEST_CASE("faults: short and interrupted sends and receives on a socket lose not
     CHECK(faults.hits() > 10);
 }
 
+// ---- what a wait asks the kernel -----------------------------------------------------------
+
+TEST_CASE("an int fd that an Fd of the loop owns takes no fcntl per wait; another one does") {
+    // read_exactly(socket.fd(), buf) in a loop of requests: the number belongs to a Socket,
+    // which made it O_NONBLOCK, so asking the kernel again each time is a syscall per
+    // request for nothing (W4 paid one).
+    auto fcntls = std::make_shared<std::atomic<int>>(0);
+    Inject count([fcntls](Call c, int, std::size_t&) {
+        if (c == Call::fcntl)
+            ++*fcntls;
+        return 0;
+    });
+    run([&]() -> Task<void> {
+        Pipe owned, plain;
+        char buf[1];
+        co_await xiio::writeall(owned.w, "a"); // claims both ends of `owned`
+        co_await xiio::read_exactly(owned.r, buf);
+        const int before = fcntls->load();
+        for (int i = 0; i < 20; ++i) {
+            co_await xiio::writeall(owned.w.get(), "b");
+            co_await xiio::read_exactly(owned.r.get(), buf);
+        }
+        CHECK(fcntls->load() == before);
+        co_await xiio::writeall(plain.w.get(), "c"); // no Fd of this loop claimed it
+        CHECK(fcntls->load() == before + 1);         // so the counter counts
+        co_await xiio::read_exactly(plain.r.get(), buf);
+    });
+}
+
 // ---- the waiting step ---------------------------------------------------------------------
 
 TEST_CASE("faults: epoll_pwait2 interrupted 50 times in a row still sleeps the right time") {

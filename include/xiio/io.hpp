@@ -208,12 +208,13 @@ inline constexpr bool nothrow_write_data_v =
     !OwnedWriteData<B> || std::is_nothrow_constructible_v<std::remove_cvref_t<B>, B&&>;
 
 /// Whether `ref` may be tried without blocking. An Fd claimed by a loop was made
-/// non-blocking then (Loop::claim); an int, or an Fd whose awaitable was made outside any
-/// loop, is asked.
-inline bool nonblocking(const FdRef& ref) {
-    if (ref.serial)
+/// non-blocking then (Loop::claim), and so was an int that names such an Fd's number in
+/// this loop; any other int, or an Fd whose awaitable was made outside any loop, is asked.
+/// Throws std::system_error (fcntl).
+inline bool nonblocking(const FdRef& ref, Loop& loop) {
+    if (ref.serial || loop.claimed(ref.fd)) // an int fd of a Socket: no fcntl per wait
         return true;
-    int fl = ::fcntl(ref.fd, F_GETFL);
+    int fl = sys::fcntl_getfl(ref.fd);
     if (fl < 0)
         throw_errno("fcntl");
     return fl & O_NONBLOCK;
@@ -244,7 +245,7 @@ public:
         bool attached;
         try { // what throws (fcntl, epoll_ctl, memory) leaves nothing to undo later
             if constexpr (is_io()) {
-                blocking_ = !nonblocking(ref_);
+                blocking_ = !nonblocking(ref_, loop);
                 if (!blocking_ && attempt()) {
                     Runner& r = *std::exchange(w_.runner, nullptr); // nothing to undo
                     return out_of_budget(r, h);

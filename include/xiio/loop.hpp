@@ -382,6 +382,16 @@ public:
         s.serial = e.serial;
     }
 
+    /// Whether an Fd of this loop claimed number `fd`: it is O_NONBLOCK (claim made it so),
+    /// even where a plain int names it (`read_exactly(socket.fd(), buf)`).
+    bool claimed(int fd) noexcept {
+        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_size_)
+            return false;
+        if (remote_ && remote_->orphaned()) // closed elsewhere: the number may be reused
+            take_orphans();
+        return fds_[static_cast<std::size_t>(fd)].serial != 0;
+    }
+
     /// Adds `n` to the waiters of n.fd. `serial` (from FdRef, 0 for a plain int) names an
     /// Fd's registration claimed here: it lasts as long as the Fd. Any other serial (the
     /// Fd was closed meanwhile, or claimed by another loop) makes a transient wait, as

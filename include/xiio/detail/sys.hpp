@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <ctime>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
@@ -36,6 +37,7 @@ enum class Call {
     epoll_pwait2,
     epoll_wait,
     eventfd,
+    fcntl,
     pipe,
     pidfd_open,
     signalfd,
@@ -124,6 +126,13 @@ inline int eventfd(unsigned initial, int flags) noexcept {
     if (int e = fault(Call::eventfd, -1, none))
         return failed(e);
     return ::eventfd(initial, flags);
+}
+/// fcntl(fd, F_GETFL).
+inline int fcntl_getfl(int fd) noexcept {
+    std::size_t none = 0;
+    if (int e = fault(Call::fcntl, fd, none))
+        return failed(e);
+    return ::fcntl(fd, F_GETFL);
 }
 inline int pipe2(int fds[2], int flags) noexcept {
     std::size_t none = 0;
