@@ -63,6 +63,24 @@ inline void end_wait(Wait& w) {
         std::rethrow_exception(std::exchange(w.error, nullptr));
 }
 
+/// The await_suspend of a wait for something with a list of waiters (a Future, a
+/// TaskHandle's member): `done` means it is there already, and the leaf completes at once
+/// (within the budget); else `w` suspends until the list wakes it. Throws nothing.
+template <class P>
+bool wait_in_list(Wait& w, FutureNode& node, WaiterList& list, bool done,
+                  std::coroutine_handle<P> h) noexcept {
+    if (!begin_wait(w, h))
+        return false;
+    if (done)
+        return out_of_budget(*w.runner, h);
+    node.wait = &w;
+    node.reads_value = true;
+    w.futures = {&node, 1};
+    list.push(node);
+    w.runner->loop->suspend(*w.runner, w, h);
+    return true;
+}
+
 /// Detaches a wait whose frame is destroyed while suspended (loop teardown).
 inline void drop_wait(Wait& w) noexcept {
     if (w.runner)
@@ -196,17 +214,8 @@ public:
         ~Awaiter() { detail::drop_wait(w_); }
         bool await_ready() const noexcept { return false; }
         template <detail::XiioPromise P>
-        bool await_suspend(std::coroutine_handle<P> h) {
-            if (!detail::begin_wait(w_, h))
-                return false;
-            if (f_->done())
-                return detail::out_of_budget(*w_.runner, h);
-            node_.wait = &w_;
-            node_.reads_value = true;
-            w_.futures = {&node_, 1};
-            f_->waiters_.push(node_);
-            w_.runner->loop->suspend(*w_.runner, w_, h);
-            return true;
+        bool await_suspend(std::coroutine_handle<P> h) noexcept {
+            return detail::wait_in_list(w_, node_, f_->waiters_, f_->done(), h);
         }
         T await_resume() {
             detail::end_wait(w_);

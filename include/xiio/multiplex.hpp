@@ -178,17 +178,8 @@ public:
         ~Awaiter() { detail::drop_wait(w_); }
         bool await_ready() const noexcept { return false; }
         template <detail::XiioPromise P>
-        bool await_suspend(std::coroutine_handle<P> h) {
-            if (!detail::begin_wait(w_, h))
-                return false;
-            if (h_.m_->member_done_)
-                return detail::out_of_budget(*w_.runner, h);
-            node_.wait = &w_;
-            node_.reads_value = true;
-            w_.futures = {&node_, 1};
-            h_.m_->waiters_.push(node_);
-            w_.runner->loop->suspend(*w_.runner, w_, h);
-            return true;
+        bool await_suspend(std::coroutine_handle<P> h) noexcept {
+            return detail::wait_in_list(w_, node_, h_.m_->waiters_, h_.m_->member_done_, h);
         }
         T await_resume() {
             detail::end_wait(w_);
