@@ -204,7 +204,7 @@ public:
     }
 
     /// Waits until the future is done; a copy of its value, or rethrows its exception.
-    struct Awaiter {
+    struct [[nodiscard]] Awaiter {
         const Future* f_;
         detail::FutureNode node_;
         detail::Wait w_;
@@ -246,7 +246,7 @@ inline bool Condition::fulfilled(const Files& ready) const {
 }
 
 /// Waits for a Condition; owns a copy (or the moved) condition and one node per part.
-class ConditionAwaiter : public detail::Leaf<ConditionAwaiter, Files> {
+class [[nodiscard]] ConditionAwaiter : public detail::Leaf<ConditionAwaiter, Files> {
 public:
     explicit ConditionAwaiter(Condition c) : c_(std::move(c)) {}
     ConditionAwaiter(ConditionAwaiter&& o) noexcept : c_(std::move(o.c_)) {}
@@ -326,7 +326,7 @@ inline ConditionAwaiter operator co_await(Condition&& c) {
 namespace detail {
 
 /// Resumes at a point in time (or, if that passed, after the other ready tasks).
-class SleepAwaiter : public Leaf<SleepAwaiter, void> {
+class [[nodiscard]] SleepAwaiter : public Leaf<SleepAwaiter, void> {
 public:
     explicit SleepAwaiter(Clock::time_point t) noexcept : t_(t) {}
     SleepAwaiter(SleepAwaiter&& o) noexcept : t_(o.t_) {}

@@ -314,7 +314,7 @@ protected:
     bool blocking_ = false;
 };
 
-class ReadOp : public FdOp<ReadOp, std::size_t, READ> {
+class [[nodiscard]] ReadOp : public FdOp<ReadOp, std::size_t, READ> {
 public:
     ReadOp(FdRef fd, MutableBytes buf) noexcept : FdOp(fd), buf_(buf) {}
     ssize_t call() noexcept { return sys::read(ref_.fd, buf_.data, buf_.size); }
@@ -324,7 +324,7 @@ private:
     MutableBytes buf_;
 };
 
-class ReadStringOp : public FdOp<ReadStringOp, std::string, READ> {
+class [[nodiscard]] ReadStringOp : public FdOp<ReadStringOp, std::string, READ> {
 public:
     ReadStringOp(FdRef fd, std::size_t max_size) noexcept : FdOp(fd), max_(max_size) {}
     ReadStringOp(ReadStringOp&& o) noexcept : FdOp(std::move(o)), max_(o.max_) {}
@@ -350,7 +350,7 @@ private:
 
 /// write(); Keep: see WriteData (Borrowed, or the owned rvalue's type).
 template <class Keep>
-class BasicWriteOp : public FdOp<BasicWriteOp<Keep>, std::size_t, WRITE> {
+class [[nodiscard]] BasicWriteOp : public FdOp<BasicWriteOp<Keep>, std::size_t, WRITE> {
     using Base = FdOp<BasicWriteOp<Keep>, std::size_t, WRITE>;
 
 public:
@@ -377,7 +377,7 @@ using WriteOp = BasicWriteOp<Borrowed>;
 /// the whole buffer is done, waiting (in the same Wait) whenever the fd runs dry. Each
 /// call() continues where the last stopped; partial progress answers EAGAIN, which keeps
 /// the task waiting. A blocking int fd gets one syscall per readiness report.
-class ReadExactlyOp : public FdOp<ReadExactlyOp, void, READ> {
+class [[nodiscard]] ReadExactlyOp : public FdOp<ReadExactlyOp, void, READ> {
 public:
     ReadExactlyOp(FdRef fd, MutableBytes buf) noexcept : FdOp(fd), buf_(buf) {}
     ReadExactlyOp(ReadExactlyOp&& o) noexcept : FdOp(std::move(o)), buf_(o.buf_) {}
@@ -408,7 +408,7 @@ private:
 
 /// writeall (write) and Socket::send_all (send with MSG_NOSIGNAL); Keep: see WriteData.
 template <class Keep>
-class BasicWriteAllOp : public FdOp<BasicWriteAllOp<Keep>, void, WRITE> {
+class [[nodiscard]] BasicWriteAllOp : public FdOp<BasicWriteAllOp<Keep>, void, WRITE> {
     using Base = FdOp<BasicWriteAllOp<Keep>, void, WRITE>;
 
 public:
@@ -447,7 +447,7 @@ private:
 using WriteAllOp = BasicWriteAllOp<Borrowed>;
 
 template <unsigned Ev>
-class WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
+class [[nodiscard]] WaitOp : public FdOp<WaitOp<Ev>, void, Ev> {
 public:
     using FdOp<WaitOp<Ev>, void, Ev>::FdOp;
     void await_resume() { this->finish("epoll_wait"); }

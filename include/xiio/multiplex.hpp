@@ -168,7 +168,7 @@ public:
 
     /// `co_await handle`: waits until the task finished, then as result(). A cancellation
     /// point.
-    struct Awaiter {
+    struct [[nodiscard]] Awaiter {
         TaskHandle h_; // keeps the member while the awaiter is registered with it
         detail::FutureNode node_;
         detail::Wait w_;
@@ -278,7 +278,7 @@ public:
 
     /// The parent's wait for the group: starts the body, then suspends until every
     /// member finished. Cancellation of the parent is forwarded to the members.
-    struct Join {
+    struct [[nodiscard]] Join {
         TaskGroup* g;
         bool await_ready() const noexcept { return false; }
         template <detail::XiioPromise P>
@@ -454,8 +454,19 @@ Task<R> run_group(Body body) {
 /// after they finished; a cancel() ends the group without error (a cancelled body has no
 /// value: task_group<R> then throws CancelledError). `body` is kept alive until the end.
 template <class Body>
-auto task_group(Body body) {
-    return detail::run_group(std::move(body));
+auto task_group(Body&& body) {
+    using B = std::decay_t<Body>;
+    static_assert(detail::safe_temporary_v<Body, TaskGroup&>,
+                  XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("task_group"));
+    static_assert(std::is_invocable_v<B&, TaskGroup&>,
+                  "xiio::task_group: the body must be callable as body(xiio::TaskGroup&)");
+    if constexpr (std::is_invocable_v<B&, TaskGroup&>) {
+        static_assert(detail::is_task_like_v<std::invoke_result_t<B&, TaskGroup&>>,
+                      "xiio::task_group: the body must be a coroutine: declare it "
+                      "`-> xiio::Task<T>` and co_await or co_return in it");
+        if constexpr (detail::is_task_like_v<std::invoke_result_t<B&, TaskGroup&>>)
+            return detail::run_group(B(std::forward<Body>(body)));
+    }
 }
 
 /// Runs all tasks concurrently; a tuple of their values (void: std::monostate). The first
@@ -591,45 +602,97 @@ run_with_deadline(Clock::time_point deadline, B body) {
 
 } // namespace detail
 
-/// Runs `body` (a Task, or a callable returning one, kept alive until it ends) and returns
-/// its value; if `d` passes first, the body gets CancelledError, is waited for, and
-/// TimeoutError is thrown. std::nullopt: no limit. With nested timeouts only the one whose
-/// deadline passed reports a timeout; the others see a plain cancellation.
-template <class Rep, class Period, class B>
-Task<detail::timeout_value_t<B>> timeout(std::optional<std::chrono::duration<Rep, Period>> d,
-                                         B body) {
-    using R = detail::timeout_value_t<B>;
+namespace detail {
+
+/// Whether `B` is a timeout's body: a task, a light awaitable, or a callable returning one.
+template <class B>
+constexpr bool is_timeout_body() {
+    if constexpr (is_task_like_v<B>)
+        return true;
+    else if constexpr (std::is_invocable_v<std::decay_t<B>&>)
+        return is_task_like_v<std::invoke_result_t<std::decay_t<B>&>>;
+    else
+        return false;
+}
+
+template <class R, class B>
+Task<R> timeout_task(std::optional<Clock::duration> d, B body) {
     if (!d) {
-        co_return co_await detail::make_body(body);
+        co_return co_await make_body(body);
     } else {
-        auto r = co_await detail::run_with_deadline<R>(detail::deadline_after(*d), std::move(body));
+        auto r = co_await run_with_deadline<R>(deadline_after(*d), std::move(body));
         if (!r)
             throw TimeoutError();
         if constexpr (!std::is_void_v<R>)
             co_return std::move(*r);
     }
 }
-template <class Rep, class Period, class B>
-Task<detail::timeout_value_t<B>> timeout(std::chrono::duration<Rep, Period> d, B body) {
-    return timeout(std::optional<std::chrono::duration<Rep, Period>>(d), std::move(body));
-}
-template <class B>
-Task<detail::timeout_value_t<B>> timeout(std::nullopt_t, B body) {
-    return timeout(std::optional<Clock::duration>(), std::move(body));
-}
 
-/// Like timeout(), but the deadline is not an error: std::optional<R> (R = void: bool),
-/// empty (false) when the deadline passed first.
-template <class Rep, class Period, class B>
-auto move_on_after(std::chrono::duration<Rep, Period> d, B body)
-    -> Task<std::conditional_t<std::is_void_v<detail::timeout_value_t<B>>, bool,
-                               std::optional<detail::timeout_value_t<B>>>> {
-    using R = detail::timeout_value_t<B>;
-    auto r = co_await detail::run_with_deadline<R>(detail::deadline_after(d), std::move(body));
+template <class R, class B>
+Task<std::conditional_t<std::is_void_v<R>, bool, std::optional<R>>> move_on_task(Clock::duration d,
+                                                                                 B body) {
+    auto r = co_await run_with_deadline<R>(deadline_after(d), std::move(body));
     if constexpr (std::is_void_v<R>)
         co_return r.has_value();
     else
         co_return r ? std::optional<R>(std::move(*r)) : std::nullopt;
 }
 
+/// A duration as the clock's, rounded up and saturated (hours::max() is forever).
+template <class Rep, class Period>
+Clock::duration clock_duration(std::chrono::duration<Rep, Period> d) noexcept {
+    if (d >= std::chrono::duration<double>(Clock::duration::max()))
+        return Clock::duration::max();
+    if (d <= std::chrono::duration<double>(Clock::duration::min()))
+        return Clock::duration::min();
+    return std::chrono::ceil<Clock::duration>(d);
+}
+
+} // namespace detail
+
+#define XIIO_DETAIL_TIMEOUT_BODY_MESSAGE(api)                                                      \
+    "xiio::" api ": the body must be a xiio::Task<T>, an awaitable of xiio, or a callable "        \
+    "taking no arguments that returns one (a coroutine lambda `[&]() -> xiio::Task<T> {...}`)"
+
+/// Runs `body` (a Task, or a callable returning one, kept alive until it ends) and returns
+/// its value; if `d` passes first, the body gets CancelledError, is waited for, and
+/// TimeoutError is thrown. std::nullopt: no limit. With nested timeouts only the one whose
+/// deadline passed reports a timeout; the others see a plain cancellation.
+template <class Rep, class Period, class B>
+auto timeout(std::optional<std::chrono::duration<Rep, Period>> d, B&& body) {
+    static_assert(detail::safe_temporary_v<B>, XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("timeout"));
+    static_assert(detail::is_timeout_body<B>(), XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("timeout"));
+    if constexpr (detail::is_timeout_body<B>()) {
+        using R = detail::timeout_value_t<std::decay_t<B>>;
+        std::optional<Clock::duration> limit;
+        if (d)
+            limit = detail::clock_duration(*d);
+        return detail::timeout_task<R>(limit, std::decay_t<B>(std::forward<B>(body)));
+    }
+}
+template <class Rep, class Period, class B>
+auto timeout(std::chrono::duration<Rep, Period> d, B&& body) {
+    return timeout(std::optional<std::chrono::duration<Rep, Period>>(d), std::forward<B>(body));
+}
+template <class B>
+auto timeout(std::nullopt_t, B&& body) {
+    return timeout(std::optional<Clock::duration>(), std::forward<B>(body));
+}
+
+/// Like timeout(), but the deadline is not an error: std::optional<R> (R = void: bool),
+/// empty (false) when the deadline passed first.
+template <class Rep, class Period, class B>
+auto move_on_after(std::chrono::duration<Rep, Period> d, B&& body) {
+    static_assert(detail::safe_temporary_v<B>,
+                  XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("move_on_after"));
+    static_assert(detail::is_timeout_body<B>(), XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("move_on_after"));
+    if constexpr (detail::is_timeout_body<B>()) {
+        using R = detail::timeout_value_t<std::decay_t<B>>;
+        return detail::move_on_task<R>(detail::clock_duration(d),
+                                       std::decay_t<B>(std::forward<B>(body)));
+    }
+}
+
 } // namespace xiio
+
+#undef XIIO_DETAIL_TIMEOUT_BODY_MESSAGE

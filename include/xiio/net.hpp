@@ -112,7 +112,7 @@ inline void set_nodelay(int fd) noexcept {
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-class RecvOp : public FdOp<RecvOp, std::size_t, READ> {
+class [[nodiscard]] RecvOp : public FdOp<RecvOp, std::size_t, READ> {
 public:
     RecvOp(FdRef fd, std::span<char> buf) noexcept : FdOp(fd), buf_(buf) {}
     ssize_t call() noexcept { return sys::recv(ref_.fd, buf_.data(), buf_.size(), 0); }
@@ -124,7 +124,7 @@ private:
 
 /// One send(); Keep: Borrowed, or the owned rvalue's type (see WriteData in io.hpp).
 template <class Keep>
-class BasicSendOp : public FdOp<BasicSendOp<Keep>, std::size_t, WRITE> {
+class [[nodiscard]] BasicSendOp : public FdOp<BasicSendOp<Keep>, std::size_t, WRITE> {
     using Base = FdOp<BasicSendOp<Keep>, std::size_t, WRITE>;
 
 public:
@@ -214,7 +214,7 @@ private:
 
 namespace detail {
 
-class AcceptOp : public FdOp<AcceptOp, Socket, READ> {
+class [[nodiscard]] AcceptOp : public FdOp<AcceptOp, Socket, READ> {
 public:
     AcceptOp(FdRef fd, bool tcp) noexcept : FdOp(fd), tcp_(tcp) {}
     AcceptOp(AcceptOp&& o) noexcept : FdOp(std::move(o)), tcp_(o.tcp_) {}

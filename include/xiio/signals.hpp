@@ -62,7 +62,7 @@ inline sigset_t& subscribed_signals() noexcept {
 }
 
 /// Reads one signalfd_siginfo from the subscription's fd; the signal's number.
-class SignalOp : public FdOp<SignalOp, int, READ> {
+class [[nodiscard]] SignalOp : public FdOp<SignalOp, int, READ> {
 public:
     explicit SignalOp(detail::FdRef fd) noexcept : FdOp(fd) {}
     SignalOp(SignalOp&& o) noexcept : FdOp(std::move(o)) {}

@@ -172,7 +172,7 @@ public:
     }
     bool is_set() const noexcept { return set_; }
 
-    class Waiter : public detail::SyncWaiter<Waiter, void> {
+    class [[nodiscard]] Waiter : public detail::SyncWaiter<Waiter, void> {
     public:
         explicit Waiter(Event& e) noexcept : e_(&e) {}
         Waiter(Waiter&& o) noexcept : SyncWaiter(std::move(o)), e_(o.e_) {}
@@ -206,7 +206,7 @@ public:
     }
     std::size_t available() const noexcept { return count_; }
 
-    class Acquirer : public detail::SyncWaiter<Acquirer, void> {
+    class [[nodiscard]] Acquirer : public detail::SyncWaiter<Acquirer, void> {
     public:
         explicit Acquirer(Semaphore& s) noexcept : s_(&s) {}
         Acquirer(Acquirer&& o) noexcept : SyncWaiter(std::move(o)), s_(o.s_) {}
@@ -264,7 +264,7 @@ public:
 
     bool locked() const noexcept { return locked_; }
 
-    class Locker : public detail::SyncWaiter<Locker, Guard> {
+    class [[nodiscard]] Locker : public detail::SyncWaiter<Locker, Guard> {
     public:
         explicit Locker(Lock& l) noexcept : l_(&l) {}
         Locker(Locker&& o) noexcept : SyncWaiter(std::move(o)), l_(o.l_) {}
@@ -353,7 +353,7 @@ public:
 
     class Getter;
 
-    class Putter : public detail::SyncWaiter<Putter, void> {
+    class [[nodiscard]] Putter : public detail::SyncWaiter<Putter, void> {
         using Base = detail::SyncWaiter<Putter, void>;
 
     public:
@@ -400,7 +400,7 @@ public:
         std::exception_ptr error_;
     };
 
-    class Getter : public detail::SyncWaiter<Getter, std::optional<T>> {
+    class [[nodiscard]] Getter : public detail::SyncWaiter<Getter, std::optional<T>> {
         using Base = detail::SyncWaiter<Getter, std::optional<T>>;
 
     public:

@@ -183,7 +183,7 @@ public:
     /// False for a default-constructed or moved-from task.
     explicit operator bool() const noexcept { return static_cast<bool>(h_); }
 
-    struct Awaiter {
+    struct [[nodiscard]] Awaiter {
         std::coroutine_handle<promise_type> h_;
         bool await_ready() const {
             if (!h_)
@@ -253,17 +253,48 @@ concept Wrappable = requires { typename std::remove_cvref_t<A>::value_type; } &&
                     std::convertible_to<std::remove_cvref_t<A>&&,
                                         Task<typename std::remove_cvref_t<A>::value_type>>;
 
+/// g++ 12 destroys twice a temporary closure with by-copy captures, or a braced aggregate,
+/// that is part of a co_await expression (it builds the closure, passes a bitwise copy
+/// and destroys both: a double free at run time, with no diagnostic). Nothing the callee
+/// does can help (it never sees the original), so the APIs that take a callable
+/// (task_group, timeout, move_on_after, in_thread, ThreadPool::run) refuse, on g++ 12, an
+/// rvalue callable that is not trivially destructible: name it first (it is then copied)
+/// or pass std::ref(it). Captures by reference are trivially destructible and stay
+/// allowed; other compilers accept every form.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+template <class F, class... Args>
+inline constexpr bool safe_temporary_v =
+    std::is_lvalue_reference_v<F> || std::is_trivially_destructible_v<std::decay_t<F>> ||
+    !std::is_invocable_v<std::decay_t<F>&, Args...>;
+#else
+template <class F, class... Args>
+inline constexpr bool safe_temporary_v = true;
+#endif
+#define XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE(api)                                                  \
+    "xiio::" api " (g++ 12): a temporary lambda with by-copy captures inside a co_await is "       \
+    "destroyed twice by g++ 12 (a double free). Name the lambda first and pass the name "          \
+    "(`auto body = [s](...) {...};`, then `body`), or pass std::ref(body)"
+
+/// What the APIs that take tasks accept: a Task<T> or a light awaitable of xiio.
+template <class A>
+inline constexpr bool is_task_like_v = is_task<std::remove_cvref_t<A>>::value || Wrappable<A>;
+
 /// Task<T> as is; a light awaitable wrapped into a Task (a Condition lvalue is copied).
 template <class A>
 auto as_task(A&& a) {
+    static_assert(is_task_like_v<A>,
+                  "xiio: expected a xiio::Task<T> (what calling a coroutine returns) or an "
+                  "awaitable of xiio (sleep, read, ...); see the type in is_task_like_v<...>");
     using D = std::remove_cvref_t<A>;
-    using V = Task<typename D::value_type>;
-    if constexpr (is_task<D>::value)
+    if constexpr (is_task<D>::value) {
         return D(std::move(a));
-    else if constexpr (std::is_convertible_v<A&&, V>)
-        return V(std::forward<A>(a));
-    else
-        return V(std::move(a));
+    } else if constexpr (is_task_like_v<A>) { // (else: only the assertion above, no cascade)
+        using V = Task<typename D::value_type>;
+        if constexpr (std::is_convertible_v<A&&, V>)
+            return V(std::forward<A>(a));
+        else
+            return V(std::move(a));
+    }
 }
 
 template <class A>

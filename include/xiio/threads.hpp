@@ -165,7 +165,7 @@ inline void submit(ThreadPool& pool, std::shared_ptr<JobBase> job);
 
 /// The leaf a task waits in while its job runs.
 template <class R>
-class JobAwaiter : public Leaf<JobAwaiter<R>, R> {
+class [[nodiscard]] JobAwaiter : public Leaf<JobAwaiter<R>, R> {
 public:
     JobAwaiter(ThreadPool& pool, std::shared_ptr<JobState<R>> job) noexcept
         : pool_(&pool), job_(std::move(job)) {}
@@ -275,12 +275,16 @@ public:
     /// outlives this pool (~ThreadPool waits for its jobs). The cancelled task cannot wait
     /// for the job in its cleanup either: the job is no longer awaitable once cancelled.
     template <class F, class... Args>
-        requires std::invocable<F&, Args&...>
-    detail::JobAwaiter<detail::job_result_t<F, Args...>> run(F f, Args... args) {
-        using R = detail::job_result_t<F, Args...>;
+        requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+    detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
+    run(F&& f, Args&&... args) {
+        static_assert(detail::safe_temporary_v<F, std::decay_t<Args>&...>,
+                      XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("ThreadPool::run"));
+        using R = detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>;
         static_assert(std::is_void_v<R> || std::is_move_constructible_v<R>,
                       "xiio::ThreadPool::run: the result must be movable");
-        auto job = std::make_shared<detail::Job<R, F, Args...>>(std::move(f), std::move(args)...);
+        auto job = std::make_shared<detail::Job<R, std::decay_t<F>, std::decay_t<Args>...>>(
+            std::forward<F>(f), std::forward<Args>(args)...);
         return detail::JobAwaiter<R>(*this, std::move(job));
     }
 
@@ -412,12 +416,16 @@ inline ThreadPool& default_thread_pool() {
 /// pool lives until exit, so only objects that live as long are safe to reference.
 ///
 /// g++ 12 destroys twice a lambda with by-copy captures that is a temporary inside a
-/// co_await expression: `co_await xiio::in_thread([s] { ... })` is a double free. Name the
-/// lambda first: `auto job = [s] { ... }; co_await xiio::in_thread(job);`.
+/// co_await expression: `co_await xiio::in_thread([s] { ... })` would be a double free, so
+/// on g++ 12 it does not compile. Name the lambda first: `auto job = [s] { ... };
+/// co_await xiio::in_thread(job);`.
 template <class F, class... Args>
-    requires std::invocable<F&, Args&...>
-detail::JobAwaiter<detail::job_result_t<F, Args...>> in_thread(F f, Args... args) {
-    return detail::default_thread_pool().run(std::move(f), std::move(args)...);
+    requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
+detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
+in_thread(F&& f, Args&&... args) {
+    static_assert(detail::safe_temporary_v<F, std::decay_t<Args>&...>,
+                  XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("in_thread"));
+    return detail::default_thread_pool().run(std::forward<F>(f), std::forward<Args>(args)...);
 }
 
 } // namespace xiio
