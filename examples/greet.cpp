@@ -1,4 +1,4 @@
-// The seed README's example: read two names from stdin under a timeout, then greet both
+// The original's README example: read two names from stdin under a timeout, then greet both
 // concurrently, each after len(name) / 10 seconds.
 //
 //   printf 'Alice\nBob\n' | ./greet     # Bob is greeted first: his name is shorter

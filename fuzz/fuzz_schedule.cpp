@@ -1,5 +1,5 @@
 // libFuzzer target: the fuzzer's bytes choose a task tree (tests/torture.hpp), which is run
-// on xiio and checked against the model of API.md, exactly as tests/test_torture.cpp does
+// on xiio and checked against the model of the reference, exactly as tests/test_torture.cpp does
 // with seeded trees. A mismatch, a hang, a leaked frame/runner/registration/timer or fd
 // prints the tree and aborts; ASan and UBSan catch the rest. See fuzz/README.md.
 #include "torture.hpp"

@@ -1,5 +1,5 @@
 #pragma once
-// What every test uses: run an async body (the seed's XiioTestCase), check timings with a
+// What every test uses: run an async body (the original's XiioTestCase), check timings with a
 // tolerance, and check that nothing leaked (fds, children).
 
 #include <catch2/catch.hpp>

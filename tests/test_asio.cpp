@@ -1,4 +1,4 @@
-// Tests of xiio/asio.hpp (the seed's test_compat, ported) and of hosting xiio on another
+// Tests of xiio/asio.hpp (the original's test_compat, ported) and of hosting xiio on another
 // loop through the same seam (a poll(2) host written here).
 #include "helpers.hpp"
 

@@ -764,7 +764,7 @@ TEST_CASE("timeout whose body was handed a permit as the deadline passed keeps i
     });
 }
 
-// A body that saw the cancellation (and swallowed it) still timed out, as API.md says.
+// A body that saw the cancellation (and swallowed it) still timed out, as the reference says.
 TEST_CASE("a body that caught the deadline's cancellation and returned a value still timed out") {
     run([]() -> Task<void> {
         auto body = []() -> Task<int> {

@@ -219,9 +219,9 @@ TEST_CASE("other tasks run while a child runs") {
     });
 }
 
-// The seed's test_subprocess, ported.
+// The original's test_subprocess, ported.
 
-TEST_CASE("run_process waits for the child and captures its output (seed)") {
+TEST_CASE("run_process waits for the child and captures its output (original)") {
     assert_duration(100ms, [] {
         auto r = sh("sleep 0.1 && echo 'Hello World'", capture());
         CHECK(r.returncode == 0);
@@ -229,7 +229,7 @@ TEST_CASE("run_process waits for the child and captures its output (seed)") {
     });
 }
 
-TEST_CASE("check passes for true and throws CalledProcessError for false (seed)") {
+TEST_CASE("check passes for true and throws CalledProcessError for false (original)") {
     run([]() -> Task<void> {
         ProcessOptions opts;
         opts.check = true;

@@ -284,7 +284,7 @@ TEST_CASE("a subscription without SIGPIPE leaves the loop's SIGPIPE block alone"
     CHECK(same_mask(current_mask(), before));
 }
 
-TEST_CASE("a signal sent to the process is reported while other tasks run (seed)") {
+TEST_CASE("a signal sent to the process is reported while other tasks run (original)") {
     assert_duration(100ms, [] {
         run([]() -> Task<void> {
             auto sub = xiio::subscribe_signals({SIGUSR1});

@@ -436,7 +436,7 @@ TEST_CASE("many jobs from many tasks complete quickly and some are cancelled by 
     CHECK(ran == stress_tasks * 100L);
 }
 
-TEST_CASE("in_thread runs jobs in parallel: three sleeps of 100 ms take 100 ms (seed)") {
+TEST_CASE("in_thread runs jobs in parallel: three sleeps of 100 ms take 100 ms (original)") {
     assert_duration(100ms, [] {
         run([]() -> Task<void> {
             auto nap = [] { std::this_thread::sleep_for(100ms); };

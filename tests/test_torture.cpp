@@ -1,6 +1,6 @@
 // Randomized task trees (tests/torture.hpp): groups, gather, timeouts, cancel(), sleeps,
 // pipes, futures, queues, threads and processes, with errors and cancellations at random
-// points, and hand-offs racing deadlines, each tree checked against a model of API.md.
+// points, and hand-offs racing deadlines, each tree checked against a model of docs/reference.md.
 //
 //   XIIO_TORTURE_TREES=<n>  trees per test case (default 1000, threads case 100; nightly: 10000)
 //   XIIO_TORTURE_SEED=<s>   replay the one tree of seed <s> (printed when a tree fails)
@@ -68,7 +68,7 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
 
 } // namespace
 
-TEST_CASE("torture: random task trees behave as API.md predicts", "[torture]") {
+TEST_CASE("torture: random task trees behave as the reference predicts", "[torture]") {
     torture::Config cfg;
     torture_trees(cfg, 1000, 10);
 }
@@ -83,7 +83,7 @@ TEST_CASE("torture: random task trees with many in_thread leaves", "[torture][th
 
 // ---- bugs the torture test and the fuzzer found (fixed in 1f9e947; kept as regressions) ---
 
-// API.md: after tg.cancel(), "errors raised after cancel() are dropped", and "if the body
+// The reference: after tg.cancel(), "errors raised after cancel() are dropped", and "if the body
 // was cancelled and has no value, task_group<R> throws CancelledError". A body that turns
 // its CancelledError into another error during cleanup raised that error after cancel():
 // it must be dropped. xiio rethrew it (run_group's b->result() rethrew the body member's
@@ -114,7 +114,7 @@ TEST_CASE("task_group<R> drops an error the body raised after cancel()", "[found
     });
 }
 
-// API.md: on expiry the body gets CancelledError, is waited for, then TimeoutError; before
+// The reference: on expiry the body gets CancelledError, is waited for, then TimeoutError; before
 // the deadline, timeout() returns or rethrows what the body did. A body that ends with
 // CancelledError of its own (e.g. a task_group<int> whose body was cancel()ed) escapes
 // run_with_deadline's group_body as a CancelledError, which is "not an error of the
@@ -154,7 +154,7 @@ TEST_CASE("timeout and move_on_after rethrow at once a CancelledError the body t
     });
 }
 
-// API.md: "a task running task_group that is cancelled from outside cancels every member,
+// The reference: "a task running task_group that is cancelled from outside cancels every member,
 // and task_group then throws CancelledError to it. Cancellation from outside is never
 // swallowed by an inner group." If the outside cancellation arrives while the group's body
 // is ready to run (woken, not yet resumed), it is kept pending for the body's next

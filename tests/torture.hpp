@@ -772,7 +772,7 @@ private:
         }
         if (error)
             return error->o;
-        // API.md: after cancel(), errors are dropped; a body that was cancelled and has
+        // The reference: after cancel(), errors are dropped; a body that was cancelled and has
         // no value makes task_group<R> throw CancelledError.
         if (bo.kind == Outcome::error)
             return Outcome::cancel();

@@ -1,5 +1,5 @@
 #pragma once
-// on_asio(): runs an xiio task inside an Asio io_context, as the seed's on_asyncio() runs a
+// on_asio(): runs an xiio task inside an Asio io_context, as the original's on_asyncio() runs a
 // coroutine on asyncio. The task's sleeps and fd waits go through Asio timers and
 // descriptors, so Asio work and xiio work interleave on one thread.
 //

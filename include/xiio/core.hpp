@@ -1,5 +1,5 @@
 #pragma once
-// The core vocabulary of the seed: Condition, Future, sleep and yield.
+// The core vocabulary of the original Python xiio: Condition, Future, sleep and yield.
 //
 // Every awaitable here is a "leaf": it registers a detail::Wait with the loop in
 // await_suspend and removes it in await_resume. A leaf first takes an exception thrown in

@@ -3,7 +3,7 @@
 // (epoll by default). Users never touch it; awaitables register `Wait`s with it.
 //
 // Vocabulary (see docs/design.md for a walk through one iteration):
-// - A Runner is what the seed calls a Task: the unit the loop schedules. It runs one chain
+// - A Runner is what the original calls a Task: the unit the loop schedules. It runs one chain
 //   of coroutine frames (a Task awaiting a Task awaiting ...); only the innermost frame is
 //   ever suspended in the loop, at a leaf awaitable (sleep, read, a future, a Condition).
 // - A Wait is that leaf's registration: a deadline, fd nodes and future nodes, all living
@@ -55,7 +55,7 @@ namespace detail {
 class Loop;
 struct Wait;
 
-/// A unit of scheduling (the seed's Task): runs one chain of awaiting coroutine frames.
+/// A unit of scheduling (the original's Task): runs one chain of awaiting coroutine frames.
 struct Runner {
     explicit Runner(Loop& l) noexcept;
     Runner(const Runner&) = delete;

@@ -5,7 +5,7 @@
 // `co_await task_group(body)` runs a coroutine that owns the TaskGroup. It turns
 // `body(tg)` into the first member, a Runner of its own, and then suspends the parent
 // in the group's join, a Wait that only the group completes. The body is started inline
-// from the join's await_suspend, so it runs at once, exactly as the block of the seed's
+// from the join's await_suspend, so it runs at once, exactly as the block of the original's
 // `async with TaskGroup()` does; tasks it adds are queued behind it and start when it
 // suspends. Each member's outermost frame reports to the group when it reaches its final
 // suspend point (Member::finished); the last one to finish wakes the parent.

@@ -1,8 +1,8 @@
 #pragma once
-// run_process(): the seed's subprocess.run(), async. Linux-specific: the exit is awaited
+// run_process(): the original's subprocess.run(), async. Linux-specific: the exit is awaited
 // through a pidfd, so no SIGCHLD handler and no thread is involved.
 //
-// Hazard (from the seed): pidfd_open() is safe only as long as nobody reaps the child
+// Hazard (from the original): pidfd_open() is safe only as long as nobody reaps the child
 // first. xiio reaps it itself (waitid(P_PIDFD)); a process that sets SIGCHLD to SIG_IGN
 // (automatic reaping) breaks that, and run_process then throws std::system_error (ESRCH
 // or ECHILD).

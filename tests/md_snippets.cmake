@@ -1,0 +1,76 @@
+# Every ```cpp (or ```c++) block of every Markdown file of the repository must appear
+# verbatim (modulo indentation) in one of examples/*.cpp, which the build compiles: so no
+# snippet can rot. Every other fenced block must carry another tag (sh, text, cmake, ...):
+# an untagged block is an error, since it might be C++ that escapes the check.
+# Run with -DSOURCE_DIR=<repo>.
+
+# The Markdown files: those git tracks, else every *.md outside build trees and dot dirs.
+set(md_files "")
+find_package(Git QUIET)
+if(GIT_FOUND AND EXISTS ${SOURCE_DIR}/.git)
+    execute_process(COMMAND ${GIT_EXECUTABLE} -C ${SOURCE_DIR} ls-files "*.md"
+        OUTPUT_VARIABLE tracked RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(rc EQUAL 0 AND tracked)
+        string(REPLACE "\n" ";" md_files "${tracked}")
+    endif()
+endif()
+if(NOT md_files)
+    file(GLOB_RECURSE md_files RELATIVE ${SOURCE_DIR} ${SOURCE_DIR}/*.md)
+    list(FILTER md_files EXCLUDE REGEX "^(build|\\.)|/\\.")
+endif()
+
+file(GLOB examples ${SOURCE_DIR}/examples/*.cpp)
+set(corpus "")
+foreach(f IN LISTS examples)
+    file(READ ${f} text)
+    # CMake lists split at ";": hide them while blocks travel through lists.
+    string(REPLACE ";" "<semicolon>" text "${text}")
+    string(REGEX REPLACE "\n[ ]+" "\n" text "${text}")
+    string(APPEND corpus "${text}")
+endforeach()
+
+set(failed 0)
+set(count 0)
+foreach(md IN LISTS md_files)
+    file(READ ${SOURCE_DIR}/${md} text)
+    string(REPLACE ";" "<semicolon>" text "${text}")
+    # Fences alternate: opening (with its tag), closing. An opening fence without a tag is
+    # an error.
+    string(REGEX MATCHALL "```[^`\n]*" fences "${text}")
+    set(opening 1)
+    foreach(fence IN LISTS fences)
+        if(opening)
+            string(REGEX REPLACE "^```[ ]*" "" tag "${fence}")
+            if(tag STREQUAL "")
+                message(SEND_ERROR "${md}: a fenced block without a tag (use cpp, sh, text, cmake, ...)")
+                set(failed 1)
+            endif()
+            set(opening 0)
+        else()
+            set(opening 1)
+        endif()
+    endforeach()
+    string(REGEX MATCHALL "```(cpp|c\\+\\+)\n[^`]*```" blocks "${text}")
+    foreach(block IN LISTS blocks)
+        math(EXPR count "${count} + 1")
+        string(REGEX REPLACE "^```(cpp|c\\+\\+)\n" "" code "${block}")
+        string(REGEX REPLACE "```$" "" code "${code}")
+        # Indentation may differ (a snippet is often nested in a function of the example).
+        string(REGEX REPLACE "\n[ ]+" "\n" code "${code}")
+        string(REGEX REPLACE "^[ ]+" "" code "${code}")
+        string(FIND "${corpus}" "${code}" at)
+        if(at EQUAL -1)
+            string(REPLACE "<semicolon>" ";" shown "${code}")
+            message(SEND_ERROR "${md}: C++ snippet not found in examples/*.cpp:\n${shown}")
+            set(failed 1)
+        endif()
+    endforeach()
+endforeach()
+if(count EQUAL 0)
+    message(FATAL_ERROR "no cpp blocks in any Markdown file: is the pattern broken?")
+endif()
+if(failed)
+    message(FATAL_ERROR "Markdown snippets out of date")
+endif()
+list(LENGTH md_files files)
+message(STATUS "${count} C++ snippets of ${files} Markdown files checked")
