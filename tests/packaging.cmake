@@ -6,7 +6,8 @@
 #                   CMake package and the pkg-config file are there, then configure the
 #                   consumer with CMAKE_PREFIX_PATH=<prefix>, build it and run it. If
 #                   pkg-config is installed, also compile the consumer with its flags.
-# add-subdirectory: configure the consumer with XIIO_SOURCE_DIR, build it and run it.
+# add-subdirectory: configure the consumer with XIIO_SOURCE_DIR, build it and run it; check
+#                   that its `cmake --install` installs nothing of xiio unless XIIO_INSTALL=ON.
 # Any failing step ends the script with FATAL_ERROR, which fails the test.
 
 cmake_minimum_required(VERSION 3.22)
@@ -87,3 +88,23 @@ endif()
 
 step("build the consumer" ${CMAKE_COMMAND} --build ${build_dir})
 step("run the consumer" ${build_dir}/app)
+
+if(MODE STREQUAL "add-subdirectory")
+    # XIIO_INSTALL defaults to off below a parent project: the parent's `cmake --install`
+    # must not install xiio's headers and package; with -DXIIO_INSTALL=ON it does.
+    set(prefix ${WORK_DIR}/add-subdirectory-prefix)
+    file(REMOVE_RECURSE ${prefix})
+    step("install the consumer (XIIO_INSTALL off)"
+        ${CMAKE_COMMAND} --install ${build_dir} --prefix ${prefix})
+    file(GLOB_RECURSE installed ${prefix}/*)
+    if(installed)
+        message(FATAL_ERROR "packaging: a parent's install installed xiio's files: ${installed}")
+    endif()
+    step("configure the consumer with XIIO_INSTALL=ON"
+        ${CMAKE_COMMAND} -S ${consumer_dir} -B ${build_dir} -DXIIO_INSTALL=ON)
+    step("install the consumer (XIIO_INSTALL on)"
+        ${CMAKE_COMMAND} --install ${build_dir} --prefix ${prefix})
+    if(NOT EXISTS ${prefix}/include/xiio.hpp)
+        message(FATAL_ERROR "packaging: XIIO_INSTALL=ON did not install xiio.hpp")
+    endif()
+endif()
