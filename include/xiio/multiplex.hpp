@@ -615,6 +615,9 @@ constexpr bool is_timeout_body() {
         return false;
 }
 
+template <class B>
+inline constexpr bool is_timeout_body_v = is_timeout_body<B>();
+
 template <class R, class B>
 Task<R> timeout_task(std::optional<Clock::duration> d, B body) {
     if (!d) {
@@ -661,8 +664,8 @@ Clock::duration clock_duration(std::chrono::duration<Rep, Period> d) noexcept {
 template <class Rep, class Period, class B>
 auto timeout(std::optional<std::chrono::duration<Rep, Period>> d, B&& body) {
     static_assert(detail::safe_temporary_v<B>, XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("timeout"));
-    static_assert(detail::is_timeout_body<B>(), XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("timeout"));
-    if constexpr (detail::is_timeout_body<B>()) {
+    static_assert(detail::is_timeout_body_v<B>, XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("timeout"));
+    if constexpr (detail::is_timeout_body_v<B>) {
         using R = detail::timeout_value_t<std::decay_t<B>>;
         std::optional<Clock::duration> limit;
         if (d)
@@ -685,8 +688,8 @@ template <class Rep, class Period, class B>
 auto move_on_after(std::chrono::duration<Rep, Period> d, B&& body) {
     static_assert(detail::safe_temporary_v<B>,
                   XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("move_on_after"));
-    static_assert(detail::is_timeout_body<B>(), XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("move_on_after"));
-    if constexpr (detail::is_timeout_body<B>()) {
+    static_assert(detail::is_timeout_body_v<B>, XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("move_on_after"));
+    if constexpr (detail::is_timeout_body_v<B>) {
         using R = detail::timeout_value_t<std::decay_t<B>>;
         return detail::move_on_task<R>(detail::clock_duration(d),
                                        std::decay_t<B>(std::forward<B>(body)));

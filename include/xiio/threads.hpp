@@ -275,11 +275,20 @@ public:
     /// outlives this pool (~ThreadPool waits for its jobs). The cancelled task cannot wait
     /// for the job in its cleanup either: the job is no longer awaitable once cancelled.
     template <class F, class... Args>
-        requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
-    detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
-    run(F&& f, Args&&... args) {
+    auto run(F&& f, Args&&... args) {
+        static_assert(std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>,
+                      "xiio::ThreadPool::run / xiio::in_thread: the job must be callable with "
+                      "the arguments given, as lvalues of their decayed types (f(args&...))");
         static_assert(detail::safe_temporary_v<F, std::decay_t<Args>&...>,
                       XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("ThreadPool::run"));
+        if constexpr (std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>)
+            return make_job(std::forward<F>(f), std::forward<Args>(args)...);
+    }
+
+private:
+    template <class F, class... Args>
+    detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
+    make_job(F&& f, Args&&... args) {
         using R = detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>;
         static_assert(std::is_void_v<R> || std::is_move_constructible_v<R>,
                       "xiio::ThreadPool::run: the result must be movable");
@@ -288,7 +297,6 @@ public:
         return detail::JobAwaiter<R>(*this, std::move(job));
     }
 
-private:
     friend void detail::submit(ThreadPool&, std::shared_ptr<detail::JobBase>);
 
     void submit(std::shared_ptr<detail::JobBase> job) {
@@ -420,9 +428,7 @@ inline ThreadPool& default_thread_pool() {
 /// on g++ 12 it does not compile. Name the lambda first: `auto job = [s] { ... };
 /// co_await xiio::in_thread(job);`.
 template <class F, class... Args>
-    requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
-detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
-in_thread(F&& f, Args&&... args) {
+auto in_thread(F&& f, Args&&... args) {
     static_assert(detail::safe_temporary_v<F, std::decay_t<Args>&...>,
                   XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("in_thread"));
     return detail::default_thread_pool().run(std::forward<F>(f), std::forward<Args>(args)...);
