@@ -13,6 +13,10 @@ using xiio::Task;
 static_assert(std::is_base_of_v<std::runtime_error, xiio::ClosedError>);
 static_assert(!std::is_copy_constructible_v<xiio::Lock::Guard> &&
               std::is_move_constructible_v<xiio::Lock::Guard>);
+static_assert(!std::is_copy_constructible_v<xiio::Semaphore::Guard> &&
+              !std::is_copy_assignable_v<xiio::Semaphore::Guard> &&
+              std::is_nothrow_move_constructible_v<xiio::Semaphore::Guard> &&
+              std::is_nothrow_move_assignable_v<xiio::Semaphore::Guard>);
 
 namespace {
 
@@ -219,6 +223,220 @@ TEST_CASE("a waiter cancelled after it was handed a permit keeps it and sees the
         CHECK(acquired);
         CHECK(cancelled);
         CHECK(sem.available() == 1);
+    });
+}
+
+// ---- Semaphore::guard() --------------------------------------------------------------------
+
+TEST_CASE("a semaphore guard holds a permit and returns it at scope exit", "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(2);
+        {
+            auto permit = co_await sem.guard();
+            CHECK(permit.owns_permit());
+            CHECK(sem.available() == 1);
+            {
+                auto second = co_await sem.guard();
+                CHECK(sem.available() == 0);
+            }
+            CHECK(sem.available() == 1);
+        }
+        CHECK(sem.available() == 2);
+        xiio::Semaphore::Guard empty;
+        CHECK_FALSE(empty.owns_permit());
+        empty.release(); // holds nothing: returns nothing
+        CHECK(sem.available() == 2);
+    });
+}
+
+TEST_CASE("a moved semaphore guard returns its permit once", "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(2);
+        {
+            auto permit = co_await sem.guard();
+            auto moved = std::move(permit);
+            CHECK_FALSE(permit.owns_permit());
+            CHECK(moved.owns_permit());
+            permit.release(); // moved from: a no-op
+            CHECK(sem.available() == 1);
+            auto other = co_await sem.guard();
+            CHECK(sem.available() == 0);
+            moved = std::move(other); // returns moved's permit, takes other's
+            CHECK(sem.available() == 1);
+            CHECK(moved.owns_permit());
+            CHECK_FALSE(other.owns_permit());
+            auto& self = moved;
+            moved = std::move(self); // self-move keeps the permit
+            CHECK(moved.owns_permit());
+            CHECK(sem.available() == 1);
+        }
+        CHECK(sem.available() == 2);
+    });
+}
+
+TEST_CASE("an early release of a semaphore guard hands the permit to the next waiter once",
+          "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(1);
+        std::vector<int> log;
+        auto waiter = [&]() -> Task<void> {
+            auto permit = co_await sem.guard();
+            log.push_back(1);
+            co_await xiio::yield();
+        };
+        auto permit = co_await sem.guard();
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(waiter());
+            co_await xiio::yield();
+            CHECK(log.empty());
+            permit.release();
+            CHECK_FALSE(permit.owns_permit());
+            CHECK(sem.available() == 0); // handed to the waiter, not counted
+            permit.release();            // a second release returns nothing
+            CHECK(sem.available() == 0);
+            co_await xiio::yield();
+            CHECK(log == std::vector<int>{1});
+        });
+        CHECK(sem.available() == 1);
+    });
+}
+
+TEST_CASE("a cancelled guard() wait takes no permit", "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(0);
+        auto r = co_await xiio::move_on_after(10ms, sem.guard());
+        CHECK_FALSE(r);
+        CHECK(sem.available() == 0);
+        sem.release(); // nobody waits: the cancelled wait left the list
+        CHECK(sem.available() == 1);
+        auto again = co_await xiio::timeout(1s, sem.guard());
+        CHECK(again.owns_permit());
+        CHECK(sem.available() == 0);
+    });
+}
+
+TEST_CASE("a guard() waiter cancelled in the middle of the queue leaves the permit to the next",
+          "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(0);
+        std::vector<int> log;
+        auto patient = [&](int id) -> Task<void> {
+            auto permit = co_await sem.guard();
+            log.push_back(id);
+            co_await xiio::sleep(1ms);
+        };
+        auto impatient = [&]() -> Task<void> {
+            auto got = co_await xiio::move_on_after(10ms, sem.guard());
+            if (got)
+                log.push_back(99);
+        };
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(patient(1));
+            tg.add_task(impatient());
+            tg.add_task(patient(3));
+            co_await xiio::sleep(30ms); // the impatient waiter timed out
+            sem.release();
+        });
+        CHECK(log == std::vector<int>{1, 3}); // 1 passed its permit on to 3 at scope exit
+        CHECK(sem.available() == 1);
+    });
+}
+
+TEST_CASE("a guard() waiter cancelled after it was handed a permit gets the guard, which "
+          "returns it as the cancellation unwinds",
+          "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(0);
+        bool owned = false, cancelled = false;
+        auto holder = [&]() -> Task<void> {
+            auto permit = co_await sem.guard();
+            owned = permit.owns_permit();
+            try {
+                co_await xiio::yield();
+            } catch (const xiio::CancelledError&) {
+                cancelled = true;
+                CHECK(sem.available() == 0); // still held
+                throw;
+            }
+        };
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(holder());
+            co_await xiio::yield();
+            sem.release(); // handed to the waiter, which is now ready
+            tg.cancel();   // cancelled before it resumed
+            co_return;
+        });
+        CHECK(owned);
+        CHECK(cancelled);
+        CHECK(sem.available() == 1);
+    });
+}
+
+TEST_CASE("guards hand permits off in FIFO order, one holder at a time", "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(1);
+        std::vector<int> log;
+        int active = 0, peak = 0;
+        auto worker = [&](int id) -> Task<void> {
+            auto permit = co_await sem.guard();
+            ++active;
+            peak = std::max(peak, active);
+            log.push_back(id);
+            co_await xiio::yield();
+            co_await xiio::yield();
+            --active;
+        };
+        auto first = co_await sem.guard();
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> Task<void> {
+            for (int i = 0; i < 5; ++i)
+                tg.add_task(worker(i));
+            co_await xiio::yield();
+            CHECK(log.empty());
+            first.release();
+        });
+        CHECK(log == std::vector<int>{0, 1, 2, 3, 4});
+        CHECK(peak == 1);
+        CHECK(sem.available() == 1);
+    });
+}
+
+TEST_CASE("semaphore guards return their permits when exceptions unwind", "[sync]") {
+    run([]() -> Task<void> {
+        xiio::Semaphore sem(2);
+        auto fails = [&]() -> Task<void> {
+            auto permit = co_await sem.guard();
+            co_await xiio::yield();
+            throw std::runtime_error("boom");
+        };
+        CHECK_THROWS_AS(co_await fails(), std::runtime_error);
+        CHECK(sem.available() == 2);
+
+        // A failing member cancels the others: those holding a guard return their permit,
+        // the one waiting in guard() takes none.
+        bool waiter_got = false;
+        auto holder = [&]() -> Task<void> {
+            auto permit = co_await sem.guard();
+            co_await xiio::sleep(10s);
+        };
+        auto waiter = [&]() -> Task<void> {
+            auto permit = co_await sem.guard();
+            waiter_got = true;
+        };
+        auto failing = [&]() -> Task<void> {
+            co_await xiio::sleep(5ms);
+            CHECK(sem.available() == 0);
+            throw std::runtime_error("member failed");
+        };
+        auto body = [&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(holder());
+            tg.add_task(holder());
+            tg.add_task(waiter());
+            tg.add_task(failing());
+            co_return;
+        };
+        CHECK_THROWS_AS(co_await xiio::task_group(body), std::runtime_error);
+        CHECK_FALSE(waiter_got);
+        CHECK(sem.available() == 2);
     });
 }
 
@@ -481,6 +699,13 @@ TEST_CASE("every sync awaitable can be run and added as a task") {
     xiio::Semaphore sem(1);
     xiio::run(sem.acquire());
     CHECK(sem.available() == 0);
+    sem.release();
+    auto permit = xiio::run(sem.guard());
+    CHECK(permit.owns_permit());
+    CHECK(sem.available() == 0);
+    permit.release();
+    CHECK(sem.available() == 1);
+    xiio::run(sem.acquire());
     xiio::Lock lock;
     auto guard = xiio::run(lock.lock());
     CHECK(guard.owns_lock());

@@ -193,11 +193,39 @@ private:
 };
 
 /// A counting semaphore: acquire() waits for a permit (FIFO), release() returns one.
+/// `auto permit = co_await sem.guard();` takes one that is returned at scope exit.
 class Semaphore {
 public:
     explicit Semaphore(std::size_t n) noexcept : count_(n) {}
     Semaphore(const Semaphore&) = delete;
     Semaphore& operator=(const Semaphore&) = delete;
+
+    /// Holds one permit; returns it (Semaphore::release()) when destroyed, or on release().
+    /// Movable: the moved-from guard holds nothing, so a permit is returned once. The
+    /// constructor from a Semaphore adopts a permit taken with acquire().
+    class [[nodiscard]] Guard {
+    public:
+        Guard() noexcept = default;
+        explicit Guard(Semaphore& s) noexcept : s_(&s) {}
+        Guard(Guard&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+        Guard& operator=(Guard&& o) noexcept {
+            if (this != &o) {
+                release();
+                s_ = std::exchange(o.s_, nullptr);
+            }
+            return *this;
+        }
+        ~Guard() { release(); }
+        /// Returns the permit now (handed to the first waiter, if any); then a no-op.
+        void release() noexcept {
+            if (Semaphore* s = std::exchange(s_, nullptr))
+                s->release();
+        }
+        bool owns_permit() const noexcept { return s_ != nullptr; }
+
+    private:
+        Semaphore* s_ = nullptr;
+    };
 
     /// Returns a permit: handed to the first waiter, if any.
     void release() noexcept {
@@ -225,6 +253,34 @@ public:
     };
     /// Waits for a permit and takes it.
     [[nodiscard]] Acquirer acquire() noexcept { return Acquirer(*this); }
+
+    class GuardAcquirer : public detail::SyncWaiter<GuardAcquirer, Guard> {
+    public:
+        explicit GuardAcquirer(Semaphore& s) noexcept : s_(&s) {}
+        GuardAcquirer(GuardAcquirer&& o) noexcept : SyncWaiter(std::move(o)), s_(o.s_) {}
+        ~GuardAcquirer() = default;
+        bool try_now() noexcept {
+            if (s_->count_ == 0)
+                return false;
+            --s_->count_;
+            return true;
+        }
+        detail::SyncList& list() noexcept { return s_->waiters_; }
+        Guard await_resume() {
+            finish_wait();
+            return Guard(*s_); // noexcept: once finish_wait() returned, the permit is ours
+        }
+
+    private:
+        Semaphore* s_;
+    };
+    /// Waits for a permit (FIFO, like acquire()) and takes it, held by the Guard it returns.
+    /// A cancellation point while it waits: a cancelled guard() throws CancelledError (as
+    /// it throws anything else thrown into the waiting task) and takes no permit: one
+    /// released meanwhile goes to the next waiter, or stays available. Cancelled after a
+    /// permit was handed to it, it still returns the Guard, and the task sees the
+    /// cancellation at its next co_await. Throws nothing else.
+    [[nodiscard]] GuardAcquirer guard() noexcept { return GuardAcquirer(*this); }
 
 private:
     std::size_t count_;
