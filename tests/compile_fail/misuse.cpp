@@ -51,6 +51,7 @@ using namespace std::chrono_literals;
     lock.lock(); // dropped: lock
     xiio::Semaphore sem(1);
     sem.acquire(); // dropped: acquire
+    sem.guard();   // dropped: guard
     xiio::Event event;
     event.wait(); // dropped: wait
 #elif MISTAKE == 12
