@@ -138,8 +138,8 @@ public:
                         sizeof buf);
             return std::string(buf) + ":" + std::to_string(port());
         case AF_INET6:
-            ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr,
-                        buf, sizeof buf);
+            ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_addr, buf,
+                        sizeof buf);
             return "[" + std::string(buf) + "]:" + std::to_string(port());
         case AF_UNIX: {
             const auto* un = reinterpret_cast<const sockaddr_un*>(&storage_);

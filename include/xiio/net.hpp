@@ -24,13 +24,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <type_traits>
-#include <memory>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -414,7 +414,8 @@ inline Task<std::vector<Address>> resolve(std::string host, std::uint16_t port) 
     } catch (const std::invalid_argument&) {
     }
     if (detail::is_localhost(host))
-        co_return std::vector<Address>{Address::parse("::1", port), Address::parse("127.0.0.1", port)};
+        co_return std::vector<Address>{Address::parse("::1", port),
+                                       Address::parse("127.0.0.1", port)};
     if (detail::is_invalid_tld(host))
         detail::throw_gai(host, EAI_NONAME);
     auto job = [host, port] { return detail::getaddrinfo_job(host, port); };
