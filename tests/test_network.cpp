@@ -484,3 +484,31 @@ TEST_CASE("serve cancelled lets connections finish within the grace, then cancel
         CHECK(stopped_after < 300 + 150 * slack_scale());
     });
 }
+
+TEST_CASE("serve ends with a fatal accept error, after cancelling its connections", "[net]") {
+    run([]() -> Task<void> {
+        auto l = xiio::Listener::tcp("127.0.0.1", 0);
+        auto body = [&](xiio::TaskGroup& tg) -> Task<void> {
+            tg.add_task(xiio::serve(l, echo_handler));
+            auto back = co_await exchange(l.port(), "served");
+            CHECK(back == "served");
+            auto idle = co_await xiio::connect_tcp("127.0.0.1", l.port()); // stays open
+            co_await xiio::sleep(20ms);
+            l.close();                 // the accept's wait fails with EBADF: not a back-off case
+            co_await xiio::sleep(10s); // cancelled when serve fails
+        };
+        try {
+            co_await xiio::task_group(body);
+            FAIL("serve went on");
+        } catch (const std::system_error& e) {
+            CHECK(e.code().value() == EBADF);
+        }
+    });
+}
+
+TEST_CASE("Listener::tcp with reuse_port shares a port that is otherwise in use", "[net]") {
+    auto a = xiio::Listener::tcp("127.0.0.1", 0, SOMAXCONN, true);
+    auto b = xiio::Listener::tcp("127.0.0.1", a.port(), SOMAXCONN, true);
+    CHECK(b.port() == a.port());
+    CHECK_THROWS_AS(xiio::Listener::tcp("127.0.0.1", a.port()), std::system_error);
+}
