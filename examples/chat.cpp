@@ -7,9 +7,9 @@
 
 #include <fmt/core.h>
 
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <set>
 #include <string>
@@ -66,27 +66,24 @@ xiio::Task<void> client(xiio::Socket s, Room& room, int id) {
     }
 }
 
-xiio::Task<void> serve(std::uint16_t port) {
+xiio::Task<void> chat(std::uint16_t port) {
     auto listener = xiio::Listener::tcp("127.0.0.1", port);
     fmt::print("chat on port {}\n", listener.port());
     std::fflush(stdout);
     Room room;
-    co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
-        for (int id = 1, reported = 0;; ++id) {
-            try {
-                tg.add_task(client(co_await listener.accept(), room, id));
-                reported = 0;
-                continue;
-            } catch (const std::system_error& e) { // out of fds: see echo_server.cpp
-                int err = e.code().value();
-                if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
-                    throw; // any other accept error ends the server
-                if (!reported++)
-                    fmt::print(stderr, "chat: {}; retrying every 100 ms\n", e.what());
-            }
-            co_await xiio::sleep(std::chrono::milliseconds(100)); // back off, don't spin
+    // Not a coroutine: it makes the client's task; serve keeps it (and its count) alive.
+    auto handler = [&room, id = 0](xiio::Socket s) mutable {
+        return client(std::move(s), room, ++id);
+    };
+    xiio::ServeOptions options;
+    options.on_error = [](const xiio::Address&, std::exception_ptr error) {
+        try { // client() reports its own errors: only accept's back-off gets here
+            std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+            fmt::print(stderr, "chat: {}; retrying every 100 ms\n", e.what());
         }
-    });
+    };
+    co_await xiio::serve(listener, handler, options);
 }
 
 int main(int argc, char** argv) {
@@ -94,7 +91,7 @@ int main(int argc, char** argv) {
     if (argc == 3 && std::strcmp(argv[1], "--port") == 0)
         port = static_cast<std::uint16_t>(std::atoi(argv[2]));
     try {
-        xiio::run(serve(port));
+        xiio::run(chat(port));
     } catch (const std::exception& e) {
         fmt::print(stderr, "chat: {}\n", e.what());
         return 1;

@@ -12,17 +12,23 @@
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
-//   xiio/net.hpp      Socket, Listener, connect_tcp, connect_unix
+//   xiio/address.hpp  Address
+//   xiio/net.hpp      Socket, Listener, resolve, connect_tcp, connect_unix, gai_category
+//   xiio/datagram.hpp DatagramSocket
+//   xiio/serve.hpp    serve, ServeOptions
 //
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
+#include <xiio/address.hpp>
 #include <xiio/core.hpp>
+#include <xiio/datagram.hpp>
 #include <xiio/errors.hpp>
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
 #include <xiio/multiplex.hpp>
 #include <xiio/net.hpp>
 #include <xiio/process.hpp>
+#include <xiio/serve.hpp>
 #include <xiio/signals.hpp>
 #include <xiio/sync.hpp>
 #include <xiio/task.hpp>

@@ -200,9 +200,8 @@ TEST_CASE("connect refused throws a system_error naming the address") {
     });
 }
 
-TEST_CASE("names other than localhost are rejected since only numeric addresses are accepted") {
+TEST_CASE("Listener::tcp rejects names other than localhost since binding never resolves") {
     run([]() -> Task<void> {
-        CHECK_THROWS_AS(co_await xiio::connect_tcp("example.com", 80), std::invalid_argument);
         CHECK_THROWS_AS(xiio::Listener::tcp("example.com", 0), std::invalid_argument);
         auto l = xiio::Listener::tcp("localhost", 0);
         auto pair = co_await xiio::gather(xiio::connect_tcp("localhost", l.port()), l.accept());

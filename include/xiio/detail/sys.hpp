@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/epoll.h>
@@ -43,6 +44,7 @@ enum class Call {
     signalfd,
     socket,
     spawn,
+    getaddrinfo,
 };
 
 #ifdef XIIO_SYSCALL_SEAM
@@ -167,6 +169,18 @@ inline int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_acti
     if (int e = fault(Call::spawn, -1, none))
         return e;
     return ::posix_spawn(pid, path, fa, attr, argv, envp);
+}
+/// getaddrinfo reports its error as the result (EAI_*): an injected errno e becomes
+/// EAI_SYSTEM with errno e. Called on a thread of the pool, which an Injector may hold
+/// up (sleep in before()) to make a slow lookup without a network.
+inline int getaddrinfo(const char* host, const char* service, const addrinfo* hints,
+                       addrinfo** res) noexcept {
+    std::size_t none = 0;
+    if (int e = fault(Call::getaddrinfo, -1, none)) {
+        errno = e;
+        return EAI_SYSTEM;
+    }
+    return ::getaddrinfo(host, service, hints, res);
 }
 
 } // namespace xiio::detail::sys
