@@ -308,6 +308,10 @@ TEST_CASE("TLS: an untrusted certificate is a TlsError: certificate verify faile
         std::string e2 = co_await connect_error(self_signed.port, ctx, "localhost");
         CHECK_THAT(e2, Catch::Contains("certificate verify failed") &&
                            Catch::Contains("self-signed certificate"));
+        // A server context verifies when it connects too (it trusts nothing by default).
+        TlsContext as_server = TlsContext::server(pki().cert, pki().key);
+        std::string e3 = co_await connect_error(server.port, as_server, "localhost");
+        CHECK_THAT(e3, Catch::Contains("certificate verify failed"));
         // The error queue was emptied: a good connection after the failures succeeds, and
         // its later error carries no reason of theirs.
         std::string ok = co_await connect_error(server.port, ctx, "localhost");

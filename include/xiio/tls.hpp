@@ -304,8 +304,9 @@ public:
     /// IP address, which SNI does not carry) and checks that the server's certificate names
     /// it (a DNS name against the certificate's names, an IPv4/IPv6 address against its IP
     /// addresses), on top of the context's verification. A cancellation point; cancelled,
-    /// the socket is closed. Throws std::invalid_argument for an empty name, TlsError if
-    /// the handshake fails ("certificate verify failed (hostname mismatch)").
+    /// the socket is closed. The certificate is always verified (SSL_VERIFY_PEER), whatever
+    /// the context. Throws std::invalid_argument for an empty name, TlsError if the
+    /// handshake fails ("certificate verify failed (hostname mismatch)").
     static Task<TlsStream> connect(Socket s, TlsContext& ctx, std::string server_name) {
         if (server_name.size() >= 2 && server_name.front() == '[' && server_name.back() == ']')
             server_name = server_name.substr(1, server_name.size() - 2);
@@ -314,6 +315,11 @@ public:
         auto st = std::make_unique<detail::TlsStreamState>(ctx.state_, std::move(s), "TLS connect");
         SSL* ssl = st->ssl.get();
         SSL_set_connect_state(ssl);
+        // A client always verifies, even with a context made by server(): a connection
+        // whose peer is not checked is not worth encrypting. (A verify mode set through
+        // native_handle() that includes SSL_VERIFY_PEER, with its callback, is kept.)
+        if (!(SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER))
+            SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
         ERR_clear_error();
         if (detail::is_ip_literal(server_name)) {
             if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), server_name.c_str()) != 1)
