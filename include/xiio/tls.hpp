@@ -100,8 +100,8 @@ inline std::string tls_message(const std::string& op, SSL* ssl = nullptr) {
 enum class TlsNext { read, write };
 
 /// Classifies SSL_get_error(): wait for reading or writing, or throw. `saved_errno` is the
-/// errno right after the call.
-inline TlsNext tls_next(const std::string& op, SSL* ssl, int rc, int saved_errno) {
+/// errno right after the call. Allocates nothing unless it throws (it runs at every wait).
+inline TlsNext tls_next(const char* op, SSL* ssl, int rc, int saved_errno) {
     switch (SSL_get_error(ssl, rc)) {
     case SSL_ERROR_WANT_READ:
         return TlsNext::read;
@@ -115,11 +115,11 @@ inline TlsNext tls_next(const std::string& op, SSL* ssl, int rc, int saved_errno
             throw std::system_error(saved_errno, std::system_category(), op);
         }
         if (ERR_peek_error() == 0) // OpenSSL 3 reports EOF as SSL_ERROR_SSL; in case not
-            throw TlsError(op + ": unexpected eof while reading");
+            throw TlsError(std::string(op) + ": unexpected eof while reading");
         throw_tls(op, ssl);
     case SSL_ERROR_ZERO_RETURN:
         ERR_clear_error();
-        throw TlsError(op + ": the peer sent close_notify");
+        throw TlsError(std::string(op) + ": the peer sent close_notify");
     default:
         throw_tls(op, ssl);
     }
@@ -181,14 +181,15 @@ struct TlsStreamState {
             co_await wait_writable(socket.fd());
     }
 
-    Task<void> handshake(std::string op) {
+    Task<void> handshake(const char* op) { // op: a string literal
         for (;;) {
             ERR_clear_error();
             errno = 0;
             int rc = SSL_do_handshake(ssl.get());
             if (rc == 1)
                 co_return;
-            co_await wait(tls_next(op, ssl.get(), rc, errno));
+            int err = errno;
+            co_await wait(tls_next(op, ssl.get(), rc, err));
         }
     }
 };
