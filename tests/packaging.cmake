@@ -1,6 +1,9 @@
 # Builds and runs one consumer project against xiio; run by CTest as
 #   cmake -DMODE=find-package|add-subdirectory -DXIIO_SOURCE_DIR=... -DXIIO_BINARY_DIR=...
-#         -DWORK_DIR=... -DCXX_COMPILER=... -DGENERATOR=... [-DMAKE_PROGRAM=...] -P packaging.cmake
+#         -DWORK_DIR=... -DCXX_COMPILER=... -DGENERATOR=... [-DMAKE_PROGRAM=...]
+#         [-DEXPECT_TLS=ON] -P packaging.cmake
+# EXPECT_TLS (xiio built with OpenSSL 3): the consumer also requires xiio::tls (the "tls"
+# component for find_package) and builds and runs a program using it.
 #
 # find-package:     `cmake --install` the xiio build tree into WORK_DIR/prefix, check the
 #                   CMake package and the pkg-config file are there, then configure the
@@ -28,7 +31,8 @@ endfunction()
 
 set(consumer_dir ${CMAKE_CURRENT_LIST_DIR}/${MODE})
 set(build_dir ${WORK_DIR}/${MODE}-build)
-set(configure_args -G "${GENERATOR}" -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=Debug)
+set(configure_args -G "${GENERATOR}" -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=Debug
+    -DEXPECT_TLS=${EXPECT_TLS})
 if(MAKE_PROGRAM)
     list(APPEND configure_args -DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM})
 endif()
@@ -88,6 +92,9 @@ endif()
 
 step("build the consumer" ${CMAKE_COMMAND} --build ${build_dir})
 step("run the consumer" ${build_dir}/app)
+if(EXPECT_TLS)
+    step("run the xiio::tls consumer" ${build_dir}/app_tls)
+endif()
 
 if(MODE STREQUAL "add-subdirectory")
     # XIIO_INSTALL defaults to off below a parent project: the parent's `cmake --install`
