@@ -5,12 +5,11 @@
 // await_suspend and removes it in await_resume. A leaf first takes an exception thrown in
 // while its task was running (a cancellation): it then does not suspend and throws it.
 
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/task.hpp>
 
-#include <chrono>
 #include <initializer_list>
 #include <optional>
-#include <ranges>
 #include <stdexcept>
 #include <vector>
 

@@ -13,11 +13,10 @@
 // starts with the call's name; connect and bind errors name the address
 // ("connect 127.0.0.1:1234: Connection refused").
 
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

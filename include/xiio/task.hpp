@@ -12,9 +12,9 @@
 // returns to the loop, which later resumes the leaf's frame through the trampoline again.
 
 #include <xiio/detail/frame_pool.hpp>
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/loop.hpp>
 
-#include <algorithm>
 #include <atomic>
 #include <concepts>
 #include <coroutine>
