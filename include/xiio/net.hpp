@@ -316,7 +316,8 @@ private:
 
 namespace detail {
 
-inline Task<Socket> connect_to(SockAddr a) {
+template <class = detail::OnlyWhereUsed>
+Task<Socket> connect_to(SockAddr a) {
     Fd fd = stream_socket(a.family);
     if (a.family != AF_UNIX)
         set_nodelay(fd.get());
@@ -353,7 +354,8 @@ inline Task<Socket> connect_to(SockAddr a) {
 /// A non-numeric host throws std::invalid_argument (at the co_await); a failed connect
 /// throws std::system_error naming the address ("connect 127.0.0.1:80: Connection
 /// refused"). A cancellation point while the connection is in progress.
-inline Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
+template <class = detail::OnlyWhereUsed>
+Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
     co_return co_await detail::connect_to(detail::ip_address(std::move(host), port));
 }
 
@@ -363,7 +365,8 @@ inline Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
 /// Throws std::invalid_argument for a path that is empty or too long, std::system_error
 /// naming the path for any other failure ("connect /run/x.sock: No such file or
 /// directory").
-inline Task<Socket> connect_unix(std::string path) {
+template <class = detail::OnlyWhereUsed>
+Task<Socket> connect_unix(std::string path) {
     co_return co_await detail::connect_to(detail::unix_address(path));
 }
 
