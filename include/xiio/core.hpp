@@ -5,12 +5,11 @@
 // await_suspend and removes it in await_resume. A leaf first takes an exception thrown in
 // while its task was running (a cancellation): it then does not suspend and throws it.
 
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/task.hpp>
 
-#include <chrono>
 #include <initializer_list>
 #include <optional>
-#include <ranges>
 #include <stdexcept>
 #include <vector>
 
@@ -114,10 +113,13 @@ struct Condition {
     bool fulfilled(const Files& ready) const;
 
     /// A Condition passed where a Task is expected (`run`, `add_task`, `gather`): a task
-    /// that waits for it (a copy, from an lvalue).
+    /// that waits for it (a copy, from an lvalue). Templates that only Task<Files> matches,
+    /// so that g++ compiles that coroutine only where it is used (see detail::OnlyWhereUsed).
     using value_type = Files;
-    operator Task<Files>() const&;
-    operator Task<Files>() &&;
+    template <std::same_as<Files> F>
+    operator Task<F>() const&;
+    template <std::same_as<Files> F>
+    operator Task<F>() &&;
 
 private:
     template <class R>
@@ -389,15 +391,18 @@ inline detail::SleepAwaiter yield() {
 }
 
 namespace detail {
-inline Task<Files> wait_for(Condition c) {
+template <class = OnlyWhereUsed>
+Task<Files> wait_for(Condition c) {
     co_return co_await std::move(c);
 }
 } // namespace detail
 
-inline Condition::operator Task<Files>() const& {
+template <std::same_as<Files> F>
+Condition::operator Task<F>() const& {
     return detail::wait_for(*this);
 }
-inline Condition::operator Task<Files>() && {
+template <std::same_as<Files> F>
+Condition::operator Task<F>() && {
     return detail::wait_for(std::move(*this));
 }
 

@@ -9,11 +9,11 @@
 // Errors: std::system_error naming the failing call ("read: Broken pipe").
 
 #include <xiio/core.hpp>
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/detail/sys.hpp>
 
 #include <climits>
 #include <cstddef>
-#include <ranges>
 #include <span>
 #include <string>
 #include <string_view>

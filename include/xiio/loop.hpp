@@ -18,17 +18,15 @@
 #include <xiio/detail/loop_registry.hpp>
 #include <xiio/detail/poller.hpp>
 #include <xiio/detail/remote_queue.hpp>
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/errors.hpp>
 
-#include <algorithm>
 #include <atomic>
 #include <cassert>
-#include <chrono>
 #include <coroutine>
 #include <csignal>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -36,7 +34,6 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
-#include <thread>
 #include <utility>
 #include <vector>
 

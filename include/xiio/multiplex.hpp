@@ -17,8 +17,8 @@
 // resuming the parent, and rethrows it once they all finished.
 
 #include <xiio/core.hpp>
+#include <xiio/detail/std_parts.hpp>
 
-#include <functional>
 #include <memory>
 #include <optional>
 #include <tuple>
@@ -427,7 +427,7 @@ Task<R> run_group(Body body) {
     TaskHandle<R> b(nullptr);
     std::exception_ptr setup_error;
     try {
-        b = tg.add_body(as_task(std::invoke(body, tg)));
+        b = tg.add_body(as_task(detail::invoke(body, tg)));
     } catch (...) { // the body could not even be created: cancel what it added
         setup_error = std::current_exception();
         tg.cancel();
@@ -527,7 +527,7 @@ namespace detail {
 template <class B>
 auto make_body(B& b) {
     if constexpr (std::is_invocable_v<B&>)
-        return as_task(std::invoke(b));
+        return as_task(detail::invoke(b));
     else
         return as_task(std::move(b));
 }

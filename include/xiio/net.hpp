@@ -14,13 +14,12 @@
 // ("connect 127.0.0.1:1234: Connection refused").
 
 #include <xiio/address.hpp>
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 #include <xiio/multiplex.hpp>
 #include <xiio/threads.hpp>
 
-#include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -280,7 +279,8 @@ private:
 
 namespace detail {
 
-inline Task<Socket> connect_to(Address a) {
+template <class = detail::OnlyWhereUsed>
+Task<Socket> connect_to(Address a) {
     Fd fd = stream_socket(a.family());
     if (a.family() != AF_UNIX)
         set_nodelay(fd.get());
@@ -404,7 +404,8 @@ inline std::vector<Address> getaddrinfo_job(const std::string& host, std::uint16
 /// getaddrinfo on in_thread's pool. A name that does not resolve: std::system_error in
 /// gai_category() ("resolve nonexistent.invalid: Name or service not known").
 /// A cancellation point: cancelled, it returns at once while the lookup runs on.
-inline Task<std::vector<Address>> resolve(std::string host, std::uint16_t port) {
+template <class = detail::OnlyWhereUsed>
+Task<std::vector<Address>> resolve(std::string host, std::uint16_t port) {
     if (host.empty() || host.starts_with('/'))
         throw std::invalid_argument("xiio::resolve: not a host name: \"" + host + "\"");
     try {
@@ -441,7 +442,8 @@ inline std::vector<Address> interleave_families(const std::vector<Address>& addr
 
 /// Happy Eyeballs: one attempt at a time, the next one started when the previous failed
 /// or after `delay`; the first connection wins and cancels the rest (their sockets close).
-inline Task<Socket> race_connect(std::vector<Address> addrs, std::string name,
+template <class = detail::OnlyWhereUsed>
+Task<Socket> race_connect(std::vector<Address> addrs, std::string name,
                                  Clock::duration delay) {
     Socket winner;
     std::vector<std::string> failures; // "[::1]:80 (Connection refused)", in order of failure
@@ -491,7 +493,8 @@ inline Task<Socket> race_connect(std::vector<Address> addrs, std::string name,
 /// address, std::system_error naming it ("connect 127.0.0.1:80: Connection refused"); when
 /// several all failed, std::system_error (the last failure's code) whose what() lists each
 /// address tried with its error. A cancellation point while resolving and connecting.
-inline Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
+template <class = detail::OnlyWhereUsed>
+Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
     std::vector<Address> addrs = co_await resolve(host, port);
     if (addrs.size() == 1)
         co_return co_await detail::connect_to(addrs.front());
@@ -506,7 +509,8 @@ inline Task<Socket> connect_tcp(std::string host, std::uint16_t port) {
 /// Throws std::invalid_argument for a path that is empty or too long, std::system_error
 /// naming the path for any other failure ("connect /run/x.sock: No such file or
 /// directory").
-inline Task<Socket> connect_unix(std::string path) {
+template <class = detail::OnlyWhereUsed>
+Task<Socket> connect_unix(std::string path) {
     co_return co_await detail::connect_to(Address::unix_path(path));
 }
 

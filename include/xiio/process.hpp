@@ -239,7 +239,8 @@ inline Child spawn(const std::vector<std::string>& cmd, const ProcessOptions& op
 }
 
 /// Reads `fd` to its end into `into`.
-inline Task<void> read_all(Fd& fd, std::string& into) {
+template <class = detail::OnlyWhereUsed>
+Task<void> read_all(Fd& fd, std::string& into) {
     char buf[65536];
     for (;;) {
         std::size_t n = co_await read(fd, buf);
@@ -251,7 +252,8 @@ inline Task<void> read_all(Fd& fd, std::string& into) {
 
 /// Writes `data` to the child's stdin and closes it; a child that exits without reading
 /// everything is not an error (EPIPE), as in Python's communicate().
-inline Task<void> feed(Fd& fd, const std::string& data) {
+template <class = detail::OnlyWhereUsed>
+Task<void> feed(Fd& fd, const std::string& data) {
     try {
         co_await writeall(fd, data);
     } catch (const std::system_error& e) {
@@ -261,7 +263,8 @@ inline Task<void> feed(Fd& fd, const std::string& data) {
     fd.close();
 }
 
-inline Task<void> wait_exit(Child& child) {
+template <class = detail::OnlyWhereUsed>
+Task<void> wait_exit(Child& child) {
     while (!child.reaped) {
         co_await wait_readable(child.pidfd);
         child.reap();
@@ -269,7 +272,8 @@ inline Task<void> wait_exit(Child& child) {
 }
 
 /// Stops a child whose caller gave up: SIGTERM, SIGKILL after `grace`, always reaped.
-inline Task<void> terminate(Child& child, Clock::duration grace) {
+template <class = detail::OnlyWhereUsed>
+Task<void> terminate(Child& child, Clock::duration grace) {
     std::exception_ptr error; // a cancellation during the grace period: kill at once
     try {
         // wait_exit may have reaped it already, before a sibling failed: waiting for it
@@ -307,7 +311,8 @@ inline Task<void> terminate(Child& child, Clock::duration grace) {
 /// entries exist, the error is EACCES). Throws std::invalid_argument for an empty cmd,
 /// std::system_error naming the command if it cannot start, and CalledProcessError with
 /// `check`. Cancelled: SIGTERM, SIGKILL after 1 s, always reaped.
-inline Task<CompletedProcess> run_process(std::vector<std::string> cmd, ProcessOptions opts = {}) {
+template <class = detail::OnlyWhereUsed>
+Task<CompletedProcess> run_process(std::vector<std::string> cmd, ProcessOptions opts = {}) {
     if (cmd.empty())
         throw std::invalid_argument("xiio::run_process: empty command");
     // Everything that allocates comes before the child starts or inside the try below,

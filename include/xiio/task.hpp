@@ -12,9 +12,9 @@
 // returns to the loop, which later resumes the leaf's frame through the trampoline again.
 
 #include <xiio/detail/frame_pool.hpp>
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/loop.hpp>
 
-#include <algorithm>
 #include <atomic>
 #include <concepts>
 #include <coroutine>
@@ -35,6 +35,15 @@ template <class T = void>
 class Task;
 
 namespace detail {
+
+/// The default template argument of the coroutines a header defines outside a template
+/// (`template <class = detail::OnlyWhereUsed> Task<Socket> connect_tcp(...)`), called as
+/// before. g++ 12 compiles the coroutine of every inline non-template function in every
+/// translation unit that includes it, used or not, with everything it calls: as plain
+/// inline functions, run_process, connect_tcp and their helpers cost each TU that includes
+/// <xiio.hpp> about half of its g++ -O0 time. A function template is compiled only where
+/// it is called.
+struct OnlyWhereUsed;
 
 struct PromiseBase {
     PromiseBase() noexcept { count(Counter::frames, 1); }

@@ -29,21 +29,18 @@
 // after its task was cancelled does not keep the loop from reporting a deadlock.
 
 #include <xiio/core.hpp>
+#include <xiio/detail/std_parts.hpp>
 
-#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <exception>
-#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
-#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -140,7 +137,7 @@ struct Job final : JobState<R> {
     void execute() noexcept override {
         try {
             auto invoke = [](F& f, Args&... args) -> decltype(auto) {
-                return std::invoke(f, args...);
+                return detail::invoke(f, args...);
             };
             if constexpr (std::is_void_v<R>) {
                 std::apply(invoke, *call_);

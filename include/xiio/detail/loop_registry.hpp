@@ -3,10 +3,11 @@
 // registered it (in a thread pool's job, after run() returned) learns whether that loop
 // still exists and how to tell it, without touching a loop from another thread.
 
+#include <xiio/detail/std_parts.hpp>
+
 #include <atomic>
 #include <cstdint>
 #include <mutex>
-#include <thread>
 
 namespace xiio::detail {
 

@@ -3,12 +3,10 @@
 // EpollPoller is the default; tests substitute doubles through poller_factory(), and
 // xiio/asio.hpp maps the same interface onto Asio descriptors.
 
+#include <xiio/detail/std_parts.hpp>
 #include <xiio/detail/sys.hpp>
 #include <xiio/errors.hpp>
 
-#include <algorithm>
-#include <chrono>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
