@@ -13,6 +13,7 @@
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
 //   xiio/net.hpp      Socket, Listener, connect_tcp, connect_unix
+//   xiio/stream.hpp   StreamReader, LimitOverrunError
 //
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
@@ -24,6 +25,7 @@
 #include <xiio/net.hpp>
 #include <xiio/process.hpp>
 #include <xiio/signals.hpp>
+#include <xiio/stream.hpp>
 #include <xiio/sync.hpp>
 #include <xiio/task.hpp>
 #include <xiio/threads.hpp>
