@@ -327,3 +327,91 @@ TEST_CASE("1 MiB of lines in random chunk sizes arrives intact, never above the 
         });
     }
 }
+
+#ifdef XIIO_SYSCALL_SEAM
+
+namespace {
+
+/// Counts the read() calls on one fd and the largest size asked; optionally makes each
+/// one return at most `cap` bytes (a short read, as a slow peer gives).
+class ReadWatch : public xiio::detail::sys::Injector {
+public:
+    ReadWatch(int fd, std::size_t cap) : fd_(fd), cap_(cap) {
+        xiio::detail::sys::injector().store(this, std::memory_order_release);
+    }
+    ~ReadWatch() override { xiio::detail::sys::injector().store(nullptr); }
+    ReadWatch(const ReadWatch&) = delete;
+    ReadWatch& operator=(const ReadWatch&) = delete;
+
+    int before(xiio::detail::sys::Call c, int fd, std::size_t& size) noexcept override {
+        if (c == xiio::detail::sys::Call::read && fd == fd_) {
+            ++reads;
+            largest = std::max(largest, size);
+            size = std::min(size, cap_);
+        }
+        return 0;
+    }
+    // Touched only by calls on fd_, all made on the loop's thread.
+    long reads = 0;
+    std::size_t largest = 0;
+
+private:
+    int fd_;
+    std::size_t cap_;
+};
+
+} // namespace
+
+TEST_CASE("StreamReader reads in chunks of at most 16 KiB, not per line or byte", "[stream]") {
+    run([]() -> Task<void> {
+        Pipe p;
+        ReadWatch watch(p.r.get(), std::size_t(-1));
+        constexpr std::size_t lines = 100000; // 100,000 lines of 2 bytes: 200 KB
+        std::string data;
+        for (std::size_t i = 0; i < lines; ++i)
+            data += "y\n";
+        auto write_all = [&]() -> Task<void> {
+            co_await xiio::writeall(p.w, data);
+            p.w.close();
+        };
+        std::size_t got = 0, bad = 0;
+        auto reader = [&]() -> Task<void> {
+            xiio::StreamReader r(p.r);
+            while (auto line = co_await r.read_line()) { // mostly without suspending
+                ++got;
+                bad += *line != "y";
+            }
+        };
+        co_await xiio::gather(reader(), write_all());
+        CHECK(got == lines);
+        CHECK(bad == 0);
+        CHECK(watch.largest <= 16 * 1024);
+        CHECK(watch.reads < 100); // 200 KB / 16 KiB = 13 full reads, plus short ones
+    });
+}
+
+TEST_CASE("StreamReader with reads of one byte each: delimiters split every way", "[stream]") {
+    run([]() -> Task<void> {
+        Pipe p;
+        ReadWatch watch(p.r.get(), 1);
+        co_await xiio::writeall(p.w, std::string_view("a<|>bc<|><|>line\r\nrest\r\n01234"));
+        p.w.close();
+        xiio::StreamReader r(p.r, 8);
+        std::vector<std::string> got;
+        for (int i = 0; i < 3; ++i) {
+            auto rec = co_await r.read_until("<|>");
+            got.push_back(rec.value_or("?"));
+        }
+        for (int i = 0; i < 2; ++i) {
+            auto line = co_await r.read_line();
+            got.push_back(line.value_or("?"));
+        }
+        got.push_back(co_await r.read_exactly(5));
+        auto end = co_await r.read_line();
+        CHECK_FALSE(end);
+        CHECK(got == std::vector<std::string>{"a", "bc", "", "line", "rest", "01234"});
+        CHECK(watch.reads >= 30); // one byte at a time, and one more for the end
+    });
+}
+
+#endif
