@@ -34,29 +34,28 @@ xiio::Task<void> writer(xiio::Socket& s, Outbox& outbox) {
         co_await s.send_all(*line);
 }
 
-// A client's error (a reset, say) ends that client only: thrown out of client(), it would
-// make the server's group cancel everyone. CancelledError is no std::exception: it goes on.
+// Sends `text` to every other member of the room, waiting while one of them lags.
+xiio::Task<void> broadcast(Room& room, std::shared_ptr<Outbox> me, std::string text) {
+    Room others = room; // a snapshot: members may leave while we wait
+    others.erase(me);
+    for (const auto& other : others) {
+        try {
+            co_await other->put(text); // waits while that client lags
+        } catch (const xiio::ClosedError&) {
+        } // that client left
+    }
+}
+
+// A client's error (a reset, a line over 4 KiB) ends that client only: thrown out of
+// client(), it would make the server's group cancel everyone. CancelledError is no
+// std::exception: it goes on. A last line without "\n" before the client closes is sent too.
 xiio::Task<void> client(xiio::Socket s, Room& room, int id) {
     Member me(room);
     auto body = [&](xiio::TaskGroup& tg) -> xiio::Task<void> {
         tg.add_task(writer(s, *me.outbox));
-        std::string pending;
-        char buf[4096];
-        while (std::size_t n = co_await s.recv(std::span<char>(buf, sizeof buf))) {
-            pending.append(buf, n);
-            for (std::size_t eol; (eol = pending.find('\n')) != std::string::npos;) {
-                auto line = fmt::format("[{}] {}", id, pending.substr(0, eol + 1));
-                pending.erase(0, eol + 1);
-                Room others = room; // a snapshot: members may leave while we wait
-                others.erase(me.outbox);
-                for (const auto& other : others) {
-                    try {
-                        co_await other->put(line); // waits while that client lags
-                    } catch (const xiio::ClosedError&) {
-                    } // that client left
-                }
-            }
-        }
+        xiio::StreamReader reader(s, 4096); // a longer line: LimitOverrunError
+        while (auto line = co_await reader.read_line())
+            co_await broadcast(room, me.outbox, fmt::format("[{}] {}\n", id, *line));
         me.outbox->close(); // the writer drains it, then ends
     };
     try {

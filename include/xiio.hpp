@@ -16,6 +16,7 @@
 //   xiio/net.hpp      Socket, Listener, resolve, connect_tcp, connect_unix, gai_category
 //   xiio/datagram.hpp DatagramSocket
 //   xiio/serve.hpp    serve, ServeOptions
+//   xiio/stream.hpp   StreamReader, LimitOverrunError
 //
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
@@ -30,6 +31,7 @@
 #include <xiio/process.hpp>
 #include <xiio/serve.hpp>
 #include <xiio/signals.hpp>
+#include <xiio/stream.hpp>
 #include <xiio/sync.hpp>
 #include <xiio/task.hpp>
 #include <xiio/threads.hpp>
