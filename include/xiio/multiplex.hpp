@@ -419,7 +419,7 @@ inline void MemberBase::complete() noexcept {
 }
 
 template <class Body>
-using body_task_t = decltype(as_task(std::declval<std::invoke_result_t<Body&, TaskGroup&>>()));
+using body_task_t = Task<task_value_t<std::invoke_result_t<Body&, TaskGroup&>>>;
 
 template <class Body, class R = typename body_task_t<Body>::value_type>
 Task<R> run_group(Body body) {
@@ -453,49 +453,67 @@ Task<R> run_group(Body body) {
 /// member finished. The first exception of any member cancels all others and is rethrown
 /// after they finished; a cancel() ends the group without error (a cancelled body has no
 /// value: task_group<R> then throws CancelledError). `body` is kept alive until the end.
+namespace detail {
+/// A body task_group accepts: callable as body(TaskGroup&), returning a task.
+template <class B>
+concept GroupBody = is_task_like_v<std::invoke_result_t<std::decay_t<B>&, TaskGroup&>>;
+} // namespace detail
+
+// Each API that takes a body comes as two overloads. The accepted form has an explicit
+// return type: an `auto` one would be deduced, instantiating the whole group (coroutines
+// included) wherever a template merely names a call. The refused form is `auto`: deducing
+// it runs its static_asserts at the call, so they are the first error the user reads.
 template <class Body>
-auto task_group(Body&& body) {
-    using B = std::decay_t<Body>;
+    requires detail::GroupBody<Body>
+detail::body_task_t<std::decay_t<Body>> task_group(Body&& body) {
     static_assert(detail::safe_temporary_v<Body, TaskGroup&>,
                   XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("task_group"));
+    return detail::run_group(std::decay_t<Body>(std::forward<Body>(body)));
+}
+template <class Body>
+    requires(!detail::GroupBody<Body>)
+auto task_group(Body&&) { // refused: says why
+    using B = std::decay_t<Body>;
     static_assert(std::is_invocable_v<B&, TaskGroup&>,
                   "xiio::task_group: the body must be callable as body(xiio::TaskGroup&)");
-    if constexpr (std::is_invocable_v<B&, TaskGroup&>) {
+    if constexpr (std::is_invocable_v<B&, TaskGroup&>)
         static_assert(detail::is_task_like_v<std::invoke_result_t<B&, TaskGroup&>>,
                       "xiio::task_group: the body must be a coroutine: declare it "
                       "`-> xiio::Task<T>` and co_await or co_return in it");
-        if constexpr (detail::is_task_like_v<std::invoke_result_t<B&, TaskGroup&>>)
-            return detail::run_group(B(std::forward<Body>(body)));
-    }
 }
 
 /// Runs all tasks concurrently; a tuple of their values (void: std::monostate). The first
 /// exception cancels the others and is rethrown after they finished.
 template <class... A>
 auto gather(A&&... tasks) {
-    using Result = std::tuple<std::conditional_t<std::is_void_v<detail::task_value_t<A>>,
-                                                 std::monostate, detail::task_value_t<A>>...>;
-    return [](auto... ts) -> Task<Result> {
-        std::tuple<TaskHandle<typename decltype(ts)::value_type>...> handles{
-            TaskHandle<typename decltype(ts)::value_type>(nullptr)...};
-        auto body = [&](TaskGroup& tg) -> Task<void> {
-            handles = {tg.add_task(std::move(ts))...};
-            co_return;
-        };
-        co_await task_group(std::ref(body));
-        co_return std::apply(
-            [](auto&... h) {
-                return Result{[&] {
-                    if constexpr (std::is_void_v<decltype(h.result())>) {
-                        h.result();
-                        return std::monostate{};
-                    } else {
-                        return h.result();
-                    }
-                }()...};
-            },
-            handles);
-    }(detail::as_task(std::forward<A>(tasks))...);
+    static_assert((detail::is_task_like_v<A> && ...),
+                  "xiio::gather: every argument must be a xiio::Task<T> (what calling a "
+                  "coroutine returns) or an awaitable of xiio (sleep, read, ...)");
+    if constexpr ((detail::is_task_like_v<A> && ...)) {
+        using Result = std::tuple<std::conditional_t<std::is_void_v<detail::task_value_t<A>>,
+                                                     std::monostate, detail::task_value_t<A>>...>;
+        return [](auto... ts) -> Task<Result> {
+            std::tuple<TaskHandle<typename decltype(ts)::value_type>...> handles{
+                TaskHandle<typename decltype(ts)::value_type>(nullptr)...};
+            auto body = [&](TaskGroup& tg) -> Task<void> {
+                handles = {tg.add_task(std::move(ts))...};
+                co_return;
+            };
+            co_await task_group(std::ref(body));
+            co_return std::apply(
+                [](auto&... h) {
+                    return Result{[&] {
+                        if constexpr (std::is_void_v<decltype(h.result())>) {
+                            h.result();
+                            return std::monostate{};
+                        } else {
+                            return h.result();
+                        }
+                    }()...};
+                },
+                handles);
+        }(detail::as_task(std::forward<A>(tasks))...);
+    }
 }
 
 /// Runs all tasks concurrently; their values in input order (T = void: nothing).
@@ -532,7 +550,8 @@ auto make_body(B& b) {
         return as_task(std::move(b));
 }
 template <class B>
-using timeout_value_t = typename decltype(make_body(std::declval<B&>()))::value_type;
+using timeout_value_t = typename std::conditional_t<std::is_invocable_v<B&>, std::invoke_result<B&>,
+                                                    std::type_identity<B>>::type::value_type;
 
 /// `co_await cancellation_pending()`: whether an exception thrown into this task waits for
 /// its next co_await (it was not delivered yet). Never suspends, takes nothing.
@@ -618,6 +637,10 @@ constexpr bool is_timeout_body() {
 template <class B>
 inline constexpr bool is_timeout_body_v = is_timeout_body<B>();
 
+/// A body timeout and move_on_after accept.
+template <class B>
+concept TimeoutBody = is_timeout_body_v<B>;
+
 template <class R, class B>
 Task<R> timeout_task(std::optional<Clock::duration> d, B body) {
     if (!d) {
@@ -662,16 +685,20 @@ Clock::duration clock_duration(std::chrono::duration<Rep, Period> d) noexcept {
 /// TimeoutError is thrown. std::nullopt: no limit. With nested timeouts only the one whose
 /// deadline passed reports a timeout; the others see a plain cancellation.
 template <class Rep, class Period, class B>
-auto timeout(std::optional<std::chrono::duration<Rep, Period>> d, B&& body) {
+    requires detail::TimeoutBody<B>
+Task<detail::timeout_value_t<std::decay_t<B>>>
+timeout(std::optional<std::chrono::duration<Rep, Period>> d, B&& body) {
     static_assert(detail::safe_temporary_v<B>, XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("timeout"));
+    std::optional<Clock::duration> limit;
+    if (d)
+        limit = detail::clock_duration(*d);
+    return detail::timeout_task<detail::timeout_value_t<std::decay_t<B>>>(
+        limit, std::decay_t<B>(std::forward<B>(body)));
+}
+template <class Rep, class Period, class B>
+    requires(!detail::TimeoutBody<B>)
+auto timeout(std::optional<std::chrono::duration<Rep, Period>>, B&&) { // refused: says why
     static_assert(detail::is_timeout_body_v<B>, XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("timeout"));
-    if constexpr (detail::is_timeout_body_v<B>) {
-        using R = detail::timeout_value_t<std::decay_t<B>>;
-        std::optional<Clock::duration> limit;
-        if (d)
-            limit = detail::clock_duration(*d);
-        return detail::timeout_task<R>(limit, std::decay_t<B>(std::forward<B>(body)));
-    }
 }
 template <class Rep, class Period, class B>
 auto timeout(std::chrono::duration<Rep, Period> d, B&& body) {
@@ -685,15 +712,19 @@ auto timeout(std::nullopt_t, B&& body) {
 /// Like timeout(), but the deadline is not an error: std::optional<R> (R = void: bool),
 /// empty (false) when the deadline passed first.
 template <class Rep, class Period, class B>
-auto move_on_after(std::chrono::duration<Rep, Period> d, B&& body) {
+    requires detail::TimeoutBody<B>
+Task<std::conditional_t<std::is_void_v<detail::timeout_value_t<std::decay_t<B>>>, bool,
+                        std::optional<detail::timeout_value_t<std::decay_t<B>>>>>
+move_on_after(std::chrono::duration<Rep, Period> d, B&& body) {
     static_assert(detail::safe_temporary_v<B>,
                   XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("move_on_after"));
+    return detail::move_on_task<detail::timeout_value_t<std::decay_t<B>>>(
+        detail::clock_duration(d), std::decay_t<B>(std::forward<B>(body)));
+}
+template <class Rep, class Period, class B>
+    requires(!detail::TimeoutBody<B>)
+auto move_on_after(std::chrono::duration<Rep, Period>, B&&) { // refused: says why
     static_assert(detail::is_timeout_body_v<B>, XIIO_DETAIL_TIMEOUT_BODY_MESSAGE("move_on_after"));
-    if constexpr (detail::is_timeout_body_v<B>) {
-        using R = detail::timeout_value_t<std::decay_t<B>>;
-        return detail::move_on_task<R>(detail::clock_duration(d),
-                                       std::decay_t<B>(std::forward<B>(body)));
-    }
 }
 
 } // namespace xiio

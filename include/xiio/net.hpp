@@ -443,8 +443,7 @@ inline std::vector<Address> interleave_families(const std::vector<Address>& addr
 /// Happy Eyeballs: one attempt at a time, the next one started when the previous failed
 /// or after `delay`; the first connection wins and cancels the rest (their sockets close).
 template <class = detail::OnlyWhereUsed>
-Task<Socket> race_connect(std::vector<Address> addrs, std::string name,
-                                 Clock::duration delay) {
+Task<Socket> race_connect(std::vector<Address> addrs, std::string name, Clock::duration delay) {
     Socket winner;
     std::vector<std::string> failures; // "[::1]:80 (Connection refused)", in order of failure
     std::error_code last_error;

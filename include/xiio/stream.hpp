@@ -51,12 +51,16 @@ public:
     /// The next line without its "\n" or "\r\n"; a last line without "\n" is returned as
     /// is at end of file, then std::nullopt. LimitOverrunError if the line and its "\n"
     /// do not fit in `limit` bytes.
-    Task<std::optional<std::string>> read_line() { return read_until_impl("\n", true); }
+    template <class = detail::OnlyWhereUsed>
+    Task<std::optional<std::string>> read_line() {
+        return read_until_impl("\n", true);
+    }
 
     /// The bytes up to `delimiter`, without it (the delimiter is consumed); at end of file
     /// the rest without a delimiter, if any, then std::nullopt. LimitOverrunError if the
     /// record and its delimiter do not fit in `limit` bytes; std::invalid_argument for an
     /// empty delimiter. The delimiter is copied: a temporary may be passed.
+    template <class = detail::OnlyWhereUsed>
     Task<std::optional<std::string>> read_until(std::string_view delimiter) {
         if (delimiter.empty())
             throw std::invalid_argument("xiio: StreamReader::read_until: empty delimiter");
@@ -66,6 +70,7 @@ public:
     /// Exactly n bytes, from the buffer first. At end of file: IncompleteReadError, and the
     /// `partial` bytes read stay buffered (read_exactly(e.partial) returns them at once).
     /// n may exceed `limit`: what the buffer lacks is then read straight into the result.
+    template <class = detail::OnlyWhereUsed>
     Task<std::string> read_exactly(std::size_t n) {
         if (n > limit_ && n > size())
             return read_large(n);
@@ -98,6 +103,7 @@ private:
     }
 
     /// One read or recv into [p, p + n): the number of bytes, 0 at end of file.
+    template <class = detail::OnlyWhereUsed>
     Task<std::size_t> read_some(char* p, std::size_t n) {
         if (socket_)
             co_return co_await socket_->recv(std::span<char>(p, n));
@@ -106,6 +112,7 @@ private:
 
     /// Reads once more into the buffer (up to a chunk, never beyond `limit` bytes
     /// buffered); 0 at end of file. Requires size() < limit_.
+    template <class = detail::OnlyWhereUsed>
     Task<std::size_t> fill() {
         std::size_t want = std::min(chunk, limit_ - size());
         if (cap_ - end_ < want) {
@@ -131,6 +138,7 @@ private:
         co_return n;
     }
 
+    template <class = detail::OnlyWhereUsed>
     Task<std::optional<std::string>> read_until_impl(std::string delim, bool line) {
         std::size_t scanned = 0; // from data(): no delimiter starts before this
         for (;;) {
@@ -166,6 +174,7 @@ private:
 
     // Awaits go into a local first: g++ 12 never ran this body when it was
     // `while (...) if (co_await fill() == 0) throw ...;`.
+    template <class = detail::OnlyWhereUsed>
     Task<std::string> read_small(std::size_t n) {
         while (size() < n) {
             std::size_t got = co_await fill();
@@ -175,6 +184,7 @@ private:
         co_return take(n);
     }
 
+    template <class = detail::OnlyWhereUsed>
     Task<std::string> read_large(std::size_t n) {
         std::string out(data(), size());
         begin_ = end_ = 0;

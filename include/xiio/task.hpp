@@ -307,7 +307,7 @@ auto as_task(A&& a) {
 }
 
 template <class A>
-using task_value_t = typename decltype(as_task(std::declval<A>()))::value_type;
+using task_value_t = typename std::remove_cvref_t<A>::value_type; // (no as_task instantiated)
 
 /// The root runner of run(): done when the task finished.
 /// The outermost runner of a loop (of run(), on_asio() or another host): takes `task`

@@ -158,6 +158,11 @@ struct Job final : JobState<R> {
 template <class F, class... Args>
 using job_result_t = std::decay_t<std::invoke_result_t<F&, Args&...>>;
 
+/// A job ThreadPool::run and in_thread accept: callable with its arguments, as lvalues
+/// of their decayed types (the job's own copies).
+template <class F, class... Args>
+concept JobCallable = std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>;
+
 inline void submit(ThreadPool& pool, std::shared_ptr<JobBase> job);
 
 /// The leaf a task waits in while its job runs.
@@ -272,20 +277,11 @@ public:
     /// outlives this pool (~ThreadPool waits for its jobs). The cancelled task cannot wait
     /// for the job in its cleanup either: the job is no longer awaitable once cancelled.
     template <class F, class... Args>
-    auto run(F&& f, Args&&... args) {
-        static_assert(std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>,
-                      "xiio::ThreadPool::run / xiio::in_thread: the job must be callable with "
-                      "the arguments given, as lvalues of their decayed types (f(args&...))");
+        requires detail::JobCallable<F, Args...>
+    detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
+    run(F&& f, Args&&... args) {
         static_assert(detail::safe_temporary_v<F, std::decay_t<Args>&...>,
                       XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("ThreadPool::run"));
-        if constexpr (std::is_invocable_v<std::decay_t<F>&, std::decay_t<Args>&...>)
-            return make_job(std::forward<F>(f), std::forward<Args>(args)...);
-    }
-
-private:
-    template <class F, class... Args>
-    detail::JobAwaiter<detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>>
-    make_job(F&& f, Args&&... args) {
         using R = detail::job_result_t<std::decay_t<F>, std::decay_t<Args>...>;
         static_assert(std::is_void_v<R> || std::is_move_constructible_v<R>,
                       "xiio::ThreadPool::run: the result must be movable");
@@ -293,7 +289,15 @@ private:
             std::forward<F>(f), std::forward<Args>(args)...);
         return detail::JobAwaiter<R>(*this, std::move(job));
     }
+    template <class F, class... Args>
+        requires(!detail::JobCallable<F, Args...>)
+    auto run(F&&, Args&&...) { // refused: says why (see task_group for the two overloads)
+        static_assert(detail::JobCallable<F, Args...>,
+                      "xiio::ThreadPool::run / xiio::in_thread: the job must be callable with "
+                      "the arguments given, as lvalues of their decayed types (f(args&...))");
+    }
 
+private:
     friend void detail::submit(ThreadPool&, std::shared_ptr<detail::JobBase>);
 
     void submit(std::shared_ptr<detail::JobBase> job) {
@@ -425,7 +429,9 @@ inline ThreadPool& default_thread_pool() {
 /// on g++ 12 it does not compile. Name the lambda first: `auto job = [s] { ... };
 /// co_await xiio::in_thread(job);`.
 template <class F, class... Args>
-auto in_thread(F&& f, Args&&... args) {
+auto in_thread(F&& f, Args&&... args)
+    -> decltype(detail::default_thread_pool().run(std::forward<F>(f),
+                                                  std::forward<Args>(args)...)) {
     static_assert(detail::safe_temporary_v<F, std::decay_t<Args>&...>,
                   XIIO_DETAIL_TEMPORARY_LAMBDA_MESSAGE("in_thread"));
     return detail::default_thread_pool().run(std::forward<F>(f), std::forward<Args>(args)...);

@@ -18,9 +18,9 @@
 //
 // Internal headers move between releases, so the lean path is taken only with the
 // libstdc++ it was checked against (12, Debian 12's; clang++-16 uses it too). With any
-// other standard library or release, the standard headers are included instead. Code that uses more (calendars, operator<< of a duration,
-// std::jthread, views, std::ranges algorithms) includes the standard header itself, as
-// it should anyway.
+// other standard library or release, the standard headers are included instead. Code that uses more
+// (calendars, operator<< of a duration, std::jthread, views, std::ranges algorithms) includes the
+// standard header itself, as it should anyway.
 
 #include <version>
 
@@ -57,8 +57,8 @@ namespace xiio::detail {
 /// std::invoke, which only <functional> declares: libstdc++'s std::invoke is this same
 /// call of std::__invoke (<bits/invoke.h>).
 template <class F, class... Args>
-constexpr std::invoke_result_t<F, Args...> invoke(F&& f, Args&&... args) noexcept(
-    std::is_nothrow_invocable_v<F, Args...>) {
+constexpr std::invoke_result_t<F, Args...>
+invoke(F&& f, Args&&... args) noexcept(std::is_nothrow_invocable_v<F, Args...>) {
 #ifdef XIIO_DETAIL_LEAN_FUNCTIONAL
     return std::__invoke(std::forward<F>(f), std::forward<Args>(args)...);
 #else
