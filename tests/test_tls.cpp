@@ -523,3 +523,50 @@ TEST_CASE("TLS: a TlsStream outlives its TlsContext object", "[tls][no-valgrind]
         CHECK(got == "still here");
     });
 }
+
+TEST_CASE("TLS: a peer speaking plain text instead of TLS is a TlsError naming the cause",
+          "[tls][no-valgrind]") {
+    run([&]() -> Task<void> {
+        auto listener = xiio::Listener::tcp("127.0.0.1", 0);
+        TlsContext client_ctx = test_client();
+        TlsContext server_ctx = TlsContext::server(pki().cert, pki().key);
+        // The client side: a plain HTTP server answers the ClientHello with text. It closes
+        // only after the handshake failed: closed before, the ClientHello reaching the closed
+        // socket could make the kernel answer with a reset, and the error would be the reset's.
+        Socket raw_client = co_await xiio::connect_tcp("127.0.0.1", listener.port());
+        Socket http_server = co_await listener.accept();
+        co_await http_server.send_all("HTTP/1.1 400 Bad Request\r\n\r\n");
+        try {
+            co_await TlsStream::connect(std::move(raw_client), client_ctx, "localhost");
+            FAIL("a TLS handshake succeeded against plain text");
+        } catch (const TlsError& e) {
+            // "TLS connect: wrong version number": the text is not a TLS record header.
+            CHECK_THAT(e.what(), Catch::StartsWith("TLS connect: "));
+            CHECK_THAT(e.what(), Catch::Contains("wrong version number"));
+        }
+        http_server.close();
+        // The server side: a plain TCP client writes text where its ClientHello belongs.
+        Socket text_client = co_await xiio::connect_tcp("127.0.0.1", listener.port());
+        Socket raw_server = co_await listener.accept();
+        co_await text_client.send_all("hello, is this a web server?\r\n");
+        try {
+            co_await TlsStream::accept(std::move(raw_server), server_ctx);
+            FAIL("a TLS handshake succeeded against plain text");
+        } catch (const TlsError& e) {
+            CHECK_THAT(e.what(), Catch::StartsWith("TLS accept: "));
+            CHECK_THAT(e.what(), Catch::Contains("wrong version number"));
+        }
+        // The failed handshake closed its socket: the text client reads an alert then end of
+        // stream, or a reset (the server closed with our unread text in its buffer), not a
+        // hang.
+        std::array<char, 64> buf;
+        try {
+            std::size_t n = 1;
+            while (n > 0)
+                n = co_await xiio::timeout(5s, text_client.recv(buf));
+        } catch (const std::system_error& e) {
+            CHECK(e.code() == std::errc::connection_reset);
+        }
+        CHECK(ERR_peek_error() == 0); // nothing left in the thread's error queue
+    });                               // and run() checks that no fd is left open
+}
