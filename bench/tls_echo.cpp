@@ -96,8 +96,8 @@ struct Identity {
         X509V3_CTX v3;
         X509V3_set_ctx_nodb(&v3);
         X509V3_set_ctx(&v3, cert, cert, nullptr, nullptr, 0);
-        X509_EXTENSION* san = X509V3_EXT_conf_nid(nullptr, &v3, NID_subject_alt_name,
-                                                  "DNS:localhost,IP:127.0.0.1");
+        X509_EXTENSION* san =
+            X509V3_EXT_conf_nid(nullptr, &v3, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
         if (!san || X509_add_ext(cert, san, -1) != 1)
             ssl_fail("subjectAltName");
         X509_EXTENSION_free(san);
@@ -405,7 +405,7 @@ private:
                 c.out_done += n;
             }
             if (!c.client && c.echo_len == msg_size * static_cast<std::size_t>(requests_))
-                return finish(c); // the last echo went out
+                return finish(c);        // the last echo went out
             if (c.client && c.out_len) { // the request went out: now its echo
                 c.sent = c.out;
                 c.out_len = c.out_done = 0;
