@@ -5,6 +5,9 @@
 #   tls_examples.sh https_get <path to https_get>
 #       openssl s_server -www on a free port; https_get fetches / from it by the name
 #       localhost (resolved, Happy Eyeballs) with --cafile; prints what https_get printed.
+#   tls_examples.sh tls_client <path to tls_client>
+#       openssl s_server -rev on a free port; tls_client sends a line to 127.0.0.1 and
+#       prints the reversed answer.
 #   tls_examples.sh tls_echo_server <path to tls_echo_server>
 #       starts the server on a free port, sends a line through openssl s_client, prints
 #       "echoed: <line>", sends SIGINT and prints the server's output and exit status.
@@ -41,15 +44,25 @@ wait_port() {
     exit 1
 }
 
-case $mode in
-https_get)
+# s_server OPTION: openssl s_server on a free port of 127.0.0.1 with the certificate,
+# answering as OPTION says (-www, -rev); sets $port.
+s_server() {
     mkfifo in
     sleep 30 > in & # s_server's stdin stays open (it stops at its EOF)
     pids=$!
-    openssl s_server -accept 127.0.0.1:0 -cert server.pem -key server.key -www < in > out 2>&1 &
+    openssl s_server -accept 127.0.0.1:0 -cert server.pem -key server.key "$1" < in > out 2>&1 &
     pids="$pids $!"
     wait_port out 's/^ACCEPT 127\.0\.0\.1:\([0-9]*\)$/\1/p'
+}
+
+case $mode in
+https_get)
+    s_server -www
     timeout 10 "$program" --cafile ca.pem localhost "$port" /
+    ;;
+tls_client)
+    s_server -rev
+    timeout 10 "$program" "$port" ca.pem "hello over TLS"
     ;;
 tls_echo_server)
     "$program" server.pem server.key --port 0 > out 2> err &
