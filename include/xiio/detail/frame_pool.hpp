@@ -12,9 +12,11 @@
 //
 // Who frees what:
 // - On the owner's thread a block goes back to its chunk's free list. A chunk that becomes
-//   empty is kept if fewer than `keep_empty` are, else unmapped: a burst of a million tasks
-//   gives its memory back once they are gone, while a steady spawn-and-finish rhythm never
-//   maps and unmaps.
+//   empty is kept if its size class keeps no other empty chunk, or if fewer than
+//   `keep_empty` are kept in all, else unmapped: a burst of a million tasks gives its memory
+//   back once they are gone, while a steady spawn-and-finish rhythm never maps and unmaps.
+//   (With the one cap alone, a request that empties the chunks of several classes at once,
+//   as a TLS echo does with 100 clients, unmapped and mapped two chunks per request.)
 // - On another thread (a task made on one thread and finished on a LoopThread) the block is
 //   pushed onto the chunk's atomic `remote` list, and the first such push since the owner
 //   last looked announces the chunk on the owner's atomic stack. The owner takes both over
@@ -124,8 +126,10 @@ public:
             } else {
                 return refill(cls);
             }
-            if (c->used++ == 0)
+            if (c->used++ == 0) [[unlikely]] {
                 --empty_;
+                --empty_in_[cls];
+            }
             return b;
         }
         return refill(cls);
@@ -184,6 +188,15 @@ public:
     }
 
     bool parked() const noexcept { return parked_.load(std::memory_order_relaxed); }
+
+    /// The most this pool keeps mapped once no block is out: `keep_empty` chunks, plus one
+    /// per size class that keeps one (for tests of the memory bound).
+    std::size_t kept_bound_bytes() const noexcept {
+        std::size_t n = keep_empty;
+        for (unsigned k : empty_in_)
+            n += k != 0;
+        return n * PoolChunk::size;
+    }
 
     /// Takes over what other threads gave back (owner's thread, or under the mutex).
     void collect_remote() noexcept {
@@ -288,6 +301,7 @@ private:
         if (!c) {
             c = new_chunk(cls);
             ++empty_;
+            ++empty_in_[cls];
             list_front(*c);
         } else if (c != avail_[cls]) {
             unlist(*c);
@@ -348,8 +362,9 @@ private:
 
     /// `c` has no block out any more: keep a few such chunks, unmap the others.
     void emptied(PoolChunk& c) noexcept {
-        if (empty_ < keep_empty && !parked()) {
+        if ((empty_in_[c.cls] == 0 || empty_ < keep_empty) && !parked()) {
             ++empty_;
+            ++empty_in_[c.cls];
             return;
         }
         release(c);
@@ -364,6 +379,7 @@ private:
             for (PoolChunk* c = head; c;) {
                 PoolChunk* next = c->next;
                 if (c->used == 0) {
+                    --empty_in_[c->cls];
                     release(*c);
                     --empty_;
                 }
@@ -372,7 +388,8 @@ private:
     }
 
     PoolChunk* avail_[classes] = {};
-    unsigned empty_ = 0; // listed chunks with no block out
+    unsigned empty_ = 0;              // listed chunks with no block out
+    unsigned empty_in_[classes] = {}; // of them, per class
     char* fresh_ = nullptr;
     char* fresh_end_ = nullptr;
     std::atomic<PoolChunk*> remote_chunks_{nullptr};
