@@ -225,6 +225,19 @@ TEST_CASE("task handles give value, exception or cancellation, and outlive the g
     });
 }
 
+TEST_CASE("a moved-from task handle is a logic_error, not a crash") {
+    run([]() -> Task<void> {
+        co_await xiio::task_group([&](TaskGroup& tg) -> Task<void> {
+            xiio::TaskHandle<int> h = tg.add_task(delayed(3, 1ms));
+            xiio::TaskHandle<int> moved = std::move(h);
+            CHECK_THROWS_WITH(h.done(), "TaskHandle::done: the handle was moved from");
+            CHECK_THROWS_WITH(h.result(), "TaskHandle::result: the handle was moved from");
+            CHECK_THROWS_WITH(co_await h, "TaskHandle::co_await: the handle was moved from");
+            CHECK(co_await moved == 3);
+        });
+    });
+}
+
 TEST_CASE("tg.cancel() from inside cancels every member, the body included, without error") {
     run([]() -> Task<void> {
         std::string log;

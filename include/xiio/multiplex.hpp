@@ -160,11 +160,12 @@ public:
             m_->release();
     }
 
-    /// Finished by value, exception or cancellation.
-    bool done() const noexcept { return m_->member_done_; }
+    /// Finished by value, exception or cancellation. A moved-from handle refers to no
+    /// task: every use but assignment and destruction is std::logic_error.
+    bool done() const { return member("done")->member_done_; }
     /// A copy of the value (a move-only value is moved out: take it once); rethrows the
     /// task's exception; CancelledError if it was cancelled; std::logic_error if not done.
-    T result() const { return m_->result(); }
+    T result() const { return member("result")->result(); }
 
     /// `co_await handle`: waits until the task finished, then as result(). A cancellation
     /// point.
@@ -186,11 +187,21 @@ public:
             return h_.m_->result();
         }
     };
-    Awaiter operator co_await() const noexcept { return Awaiter(*this); }
+    Awaiter operator co_await() const {
+        (void)member("co_await");
+        return Awaiter(*this);
+    }
 
     detail::Member<T>* member() const noexcept { return m_; } // plumbing
 
 private:
+    detail::Member<T>* member(const char* op) const {
+        if (!m_)
+            throw std::logic_error(std::string("TaskHandle::") + op +
+                                   ": the handle was moved from");
+        return m_;
+    }
+
     detail::Member<T>* m_;
 };
 
