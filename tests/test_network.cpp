@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <netdb.h>
 
 using namespace test;
@@ -123,6 +124,28 @@ TEST_CASE("Socket::peer and Socket::local give both ends of a connection", "[net
         xiio::Socket empty;
         CHECK_THROWS_AS(empty.peer(), std::system_error);
     });
+}
+
+TEST_CASE("a blocking socket given to Socket(Fd) is made non-blocking, so it never blocks "
+          "the loop",
+          "[net]") {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0); // blocking
+    xiio::Socket a{xiio::Fd(sv[0])}, b{xiio::Fd(sv[1])};
+    run([&]() -> Task<void> {
+        // A recv that finds nothing must wait in the loop (a blocking recv would hang the
+        // loop here: the sender below could never run).
+        std::array<char, 8> buf{};
+        auto [n, sent] = co_await xiio::gather(a.recv(buf), [&]() -> Task<int> {
+            co_await xiio::sleep(10ms);
+            co_await b.send_all(std::string_view("hi"));
+            co_return 1;
+        }());
+        CHECK(std::string_view(buf.data(), n) == "hi");
+        CHECK(sent == 1);
+    });
+    CHECK((::fcntl(a.fd(), F_GETFL) & O_NONBLOCK) != 0);
+    CHECK((::fcntl(b.fd(), F_GETFL) & O_NONBLOCK) != 0);
 }
 
 // ---------------------------------------------------------------------------------------

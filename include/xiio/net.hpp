@@ -119,10 +119,20 @@ class AcceptOp;
 } // namespace detail
 
 /// A connected stream socket (TCP or Unix). RAII, non-blocking, move-only.
+namespace detail {
+struct KnownNonBlocking {};
+} // namespace detail
+
 class Socket {
 public:
     Socket() noexcept = default;
-    explicit Socket(Fd fd) noexcept : fd_(std::move(fd)) { fd_.state().nonblocking = true; }
+    /// Takes over a connected stream socket. It need not be non-blocking: the first
+    /// awaitable made from it in a loop makes it so (one fcntl), as for any Fd.
+    explicit Socket(Fd fd) noexcept : fd_(std::move(fd)) {}
+    /// Plumbing (accept, connect): an fd made with SOCK_NONBLOCK, so no fcntl is needed.
+    Socket(Fd fd, detail::KnownNonBlocking) noexcept : fd_(std::move(fd)) {
+        fd_.state().nonblocking = true;
+    }
 
     // Making an awaitable inside a task claims the socket's registration for the loop
     // (see FdRef): recv, send, send_all and accept may throw std::bad_alloc there.
@@ -193,7 +203,7 @@ public:
         Fd fd(std::exchange(accepted_, -1));
         if (tcp_)
             set_nodelay(fd.get());
-        return Socket(std::move(fd));
+        return Socket(std::move(fd), KnownNonBlocking{});
     }
 
 private:
@@ -308,7 +318,7 @@ Task<Socket> connect_to(Address a) {
         if (err)
             throw_net("connect " + a.to_string(), err);
     }
-    co_return Socket(std::move(fd));
+    co_return Socket(std::move(fd), detail::KnownNonBlocking{});
 }
 
 } // namespace detail
