@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -187,6 +188,38 @@ TEST_CASE("another thread may subscribe to the same signal") {
     });
     t.join();
     CHECK(ok);
+}
+
+TEST_CASE("a subscription destroyed on another thread closes its fd and leaves both masks "
+          "alone") {
+    REQUIRE_FALSE(blocked(SIGUSR1));
+    auto sub = xiio::subscribe_signals({SIGUSR1});
+    int fd = sub.fd();
+    bool usr2_still_blocked = false, usr1_unchanged = false;
+    std::thread t([&] {
+        // This thread's mask differs from the one the subscription saved: restoring that
+        // one here would unblock SIGUSR2 in this thread.
+        sigset_t usr2;
+        sigemptyset(&usr2);
+        sigaddset(&usr2, SIGUSR2);
+        pthread_sigmask(SIG_BLOCK, &usr2, nullptr);
+        bool usr1_before = blocked(SIGUSR1); // inherited from the subscribing thread
+        xiio::SignalSubscription moved = std::move(sub);
+        moved.reset();
+        usr2_still_blocked = blocked(SIGUSR2);
+        usr1_unchanged = blocked(SIGUSR1) == usr1_before;
+    });
+    t.join();
+    CHECK(usr2_still_blocked);
+    CHECK(usr1_unchanged);
+    CHECK(::fcntl(fd, F_GETFD) == -1); // closed
+    CHECK(blocked(SIGUSR1)); // the subscribing thread's mask is not this thread's to change
+    // Put the test thread back as it was: unblock SIGUSR1 and give the signal back.
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_UNBLOCK, &usr1, nullptr);
+    sigdelset(&xiio::detail::subscribed_signals(), SIGUSR1);
 }
 
 TEST_CASE("the subscription's fd is close-on-exec and is not leaked") {

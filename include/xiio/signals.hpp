@@ -31,7 +31,6 @@
 #include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 
-#include <cassert>
 #include <csignal>
 #include <initializer_list>
 #include <memory>
@@ -107,13 +106,18 @@ public:
 
     explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
 
-    /// Unsubscribes now (what the destructor does).
+    /// Unsubscribes now (what the destructor does). On another thread than the one that
+    /// subscribed it only closes the signalfd: signal masks are per thread, and this
+    /// thread's is not the one to restore, so the signals stay blocked (and taken) in the
+    /// subscribing thread.
     void reset() noexcept {
         if (!impl_)
             return;
         Impl& s = *impl_;
-        assert(pthread_equal(s.thread, pthread_self()) &&
-               "xiio::SignalSubscription: destroyed on another thread than it was created on");
+        if (!pthread_equal(s.thread, pthread_self())) {
+            impl_.reset();
+            return;
+        }
         // Consume what arrived and was not read, so unblocking cannot deliver it.
         timespec zero{};
         for (;;) {
