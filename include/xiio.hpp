@@ -12,6 +12,7 @@
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
+//   xiio/dump.hpp     dump_tasks
 //   xiio/address.hpp  Address
 //   xiio/net.hpp      Socket, Listener, resolve, connect_tcp, connect_unix, gai_category
 //   xiio/datagram.hpp DatagramSocket
@@ -23,6 +24,7 @@
 #include <xiio/address.hpp>
 #include <xiio/core.hpp>
 #include <xiio/datagram.hpp>
+#include <xiio/dump.hpp>
 #include <xiio/errors.hpp>
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>

@@ -44,6 +44,10 @@ namespace detail {
     throw std::system_error(err, std::system_category(), call);
 }
 
+/// What the deadlock error says (Loop::report_deadlock appends the dump of the tasks).
+inline constexpr const char* deadlock_message =
+    "xiio::run: deadlock: every task waits for a future or a group that nothing can complete";
+
 /// The errors that noexcept paths of the loop hand to waits: a wait on an Fd that was
 /// closed, on a Future destroyed under it, a deadlock. Made once, before any of them can
 /// be needed (the first Loop's constructor makes them), and shared: copying an
@@ -53,9 +57,7 @@ struct PrebuiltErrors {
         std::make_exception_ptr(std::system_error(EBADF, std::system_category(), "close"));
     std::exception_ptr future_destroyed =
         std::make_exception_ptr(std::logic_error("xiio::Future destroyed while a task awaited it"));
-    std::exception_ptr deadlock = std::make_exception_ptr(
-        std::logic_error("xiio::run: deadlock: every task waits for a future or a group that "
-                         "nothing can complete"));
+    std::exception_ptr deadlock = std::make_exception_ptr(std::logic_error(deadlock_message));
 };
 /// Throws std::bad_alloc the first time only.
 inline const PrebuiltErrors& prebuilt_errors() {

@@ -166,6 +166,10 @@ struct Wait {
     /// Set by waits that must not simply be woken when an exception is thrown in (a task
     /// group's join forwards it to its members instead).
     void (*interrupt)(Wait*, std::exception_ptr) = nullptr;
+    /// Set, when they suspend, by waits that registered nothing the loop could name (a
+    /// group's join, a sync primitive, a job on a thread): appends what the wait is for to
+    /// the text of xiio::dump_tasks(). Only read by it.
+    void (*describe)(const Wait&, std::string&) = nullptr;
 };
 
 /// What an Fd knows of its registration, which lives in the loop's table (Loop::claim).
@@ -194,6 +198,15 @@ inline std::uint64_t& current_loop_id() noexcept {
 
 /// Makes `l` (or none) the current loop of this thread; returns the previous one.
 inline Loop* set_current_loop(Loop* l) noexcept;
+
+/// What describes every task of a loop (xiio::dump_tasks()), for the deadlock error. It
+/// walks coroutine frames, which this header knows nothing of: xiio/dump.hpp installs it
+/// when the program starts (xiio.hpp includes it). Null where no translation unit of the
+/// program includes xiio/dump.hpp: the deadlock error then names no task.
+inline std::string (*&task_dumper() noexcept)(const Loop&) {
+    static std::string (*dumper)(const Loop&) = nullptr;
+    return dumper;
+}
 
 class Loop {
 public:
@@ -515,7 +528,7 @@ public:
     /// which makes runners ready.
     Clock::time_point next_deadline() noexcept {
         if (!ready_size_ && heap_.empty() && fd_waiters_ == 0 && keepalive_ == 0)
-            fail_all(prebuilt_errors().deadlock);
+            report_deadlock();
         if (ready_size_)
             return Clock::time_point::min();
         return heap_.empty() ? Clock::time_point::max() : heap_.front()->deadline;
@@ -572,6 +585,10 @@ public:
     std::exception_ptr failure_;
     /// True while this loop blocks SIGPIPE in its thread (see SigpipeGuard).
     bool owns_sigpipe_ = false;
+
+    /// What xiio/dump.hpp installs (see task_dumper()) reads the runners through these.
+    const RunnerList& roots() const noexcept { return roots_; }
+    const RunnerList* member_lists() const noexcept { return member_lists_; }
 
     void link(Runner&) noexcept { ++runner_count_; }
     void unlink(Runner& r) noexcept {
@@ -840,6 +857,22 @@ private:
         std::lock_guard lock(LoopRegistry::mutex());
         record_.loop = this;
         LoopRegistry::add(record_);
+    }
+
+    /// Every task waits and nothing can wake one: fail them all with the deadlock error,
+    /// which carries the dump of every task (xiio::dump_tasks()) where xiio/dump.hpp is
+    /// part of the program. Making that text allocates: if it fails, the prebuilt error
+    /// (without the dump) is thrown in instead, so this path cannot fail.
+    [[gnu::noinline]] void report_deadlock() noexcept {
+        std::exception_ptr e = prebuilt_errors().deadlock;
+        if (auto dump = task_dumper()) {
+            try {
+                e = std::make_exception_ptr(std::logic_error(std::string(deadlock_message) +
+                                                             "; the tasks:\n" + dump(*this)));
+            } catch (...) { // no memory for the text: the prebuilt error says enough
+            }
+        }
+        fail_all(std::move(e));
     }
 
     /// The waiting step failed: throw the error into every task (at its current co_await,

@@ -311,6 +311,7 @@ public:
             g->join_.runner = &parent;
             g->join_.woken = false;
             g->join_.interrupt = &TaskGroup::on_interrupt;
+            g->join_.describe = &TaskGroup::describe_join;
             g->loop_->suspend(parent, g->join_, h);
             g->joined_ = true;
             return true;
@@ -380,6 +381,11 @@ private:
 
     static void on_interrupt(detail::Wait* w, std::exception_ptr e) {
         static_cast<JoinWait*>(w)->group->interrupted(std::move(e));
+    }
+    static void describe_join(const detail::Wait& w, std::string& out) { // for dump_tasks()
+        std::size_t n = static_cast<const JoinWait&>(w).group->size_;
+        out += "a task group of " + std::to_string(n) +
+               (n == 1 ? " unfinished task" : " unfinished tasks");
     }
 
     detail::Loop* loop_;

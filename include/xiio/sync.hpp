@@ -22,6 +22,7 @@
 #include <exception>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace xiio {
@@ -133,6 +134,7 @@ public:
         if (now)
             return out_of_budget(*w_.runner, h); // takes what it got when it resumes
         node_.wait = &w_;
+        w_.describe = &describe; // only now: a wait that completes at once never reads it
         node_.owner = static_cast<Derived*>(this);
         node_.state = SyncNode::waiting;
         list_ = &static_cast<Derived*>(this)->list();
@@ -140,6 +142,8 @@ public:
         w_.runner->loop->suspend(*w_.runner, w_, h);
         return true;
     }
+
+    static void describe(const Wait&, std::string& out) { out += Derived::waits_for; }
 
 protected:
     /// Ends the wait; throws the cancellation of a waiter that was handed nothing.
@@ -174,6 +178,7 @@ public:
 
     class [[nodiscard]] Waiter : public detail::SyncWaiter<Waiter, void> {
     public:
+        static constexpr const char* waits_for = "Event::wait"; // for dump_tasks()
         explicit Waiter(Event& e) noexcept : e_(&e) {}
         Waiter(Waiter&& o) noexcept : SyncWaiter(std::move(o)), e_(o.e_) {}
         ~Waiter() = default;
@@ -236,6 +241,7 @@ public:
 
     class [[nodiscard]] Acquirer : public detail::SyncWaiter<Acquirer, void> {
     public:
+        static constexpr const char* waits_for = "Semaphore::acquire"; // for dump_tasks()
         explicit Acquirer(Semaphore& s) noexcept : s_(&s) {}
         Acquirer(Acquirer&& o) noexcept : SyncWaiter(std::move(o)), s_(o.s_) {}
         ~Acquirer() = default;
@@ -256,6 +262,7 @@ public:
 
     class GuardAcquirer : public detail::SyncWaiter<GuardAcquirer, Guard> {
     public:
+        static constexpr const char* waits_for = "Semaphore::guard"; // for dump_tasks()
         explicit GuardAcquirer(Semaphore& s) noexcept : s_(&s) {}
         GuardAcquirer(GuardAcquirer&& o) noexcept : SyncWaiter(std::move(o)), s_(o.s_) {}
         ~GuardAcquirer() = default;
@@ -322,6 +329,7 @@ public:
 
     class [[nodiscard]] Locker : public detail::SyncWaiter<Locker, Guard> {
     public:
+        static constexpr const char* waits_for = "Lock::lock"; // for dump_tasks()
         explicit Locker(Lock& l) noexcept : l_(&l) {}
         Locker(Locker&& o) noexcept : SyncWaiter(std::move(o)), l_(o.l_) {}
         ~Locker() = default;
@@ -413,6 +421,7 @@ public:
         using Base = detail::SyncWaiter<Putter, void>;
 
     public:
+        static constexpr const char* waits_for = "Queue::put"; // for dump_tasks()
         Putter(Queue& q, T value) : q_(&q), value_(std::move(value)) {}
         Putter(Putter&& o) noexcept(std::is_nothrow_move_constructible_v<T>)
             : Base(std::move(o)), q_(o.q_), value_(std::move(o.value_)) {}
@@ -460,6 +469,7 @@ public:
         using Base = detail::SyncWaiter<Getter, std::optional<T>>;
 
     public:
+        static constexpr const char* waits_for = "Queue::get"; // for dump_tasks()
         explicit Getter(Queue& q) noexcept : q_(&q) {}
         Getter(Getter&& o) noexcept : Base(std::move(o)), q_(o.q_) {}
         // Destroyed with a claim it did not take (its frame destroyed before it ran: loop

@@ -23,6 +23,7 @@
 #include <exception>
 #include <new>
 #include <optional>
+#include <source_location>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -46,16 +47,21 @@ namespace detail {
 struct OnlyWhereUsed;
 
 struct PromiseBase {
-    PromiseBase() noexcept { count(Counter::frames, 1); }
+    explicit PromiseBase(std::source_location where) noexcept : where_(where) {
+        count(Counter::frames, 1);
+    }
     ~PromiseBase() { count(Counter::frames, -1); }
     PromiseBase(const PromiseBase&) = delete;
     PromiseBase& operator=(const PromiseBase&) = delete;
 
     // Set when the task starts and never cleared: a task that has a runner was started
-    // (it may have finished). Nothing else is kept: three words, part of every frame.
+    // (it may have finished). Nothing else is kept: four words, part of every frame.
     Runner* runner_ = nullptr;
     std::coroutine_handle<> continuation_; // the awaiting frame; null for a runner's root
     std::exception_ptr exception_;
+    // The coroutine this frame runs, for xiio::dump_tasks(): a pointer to static data the
+    // compiler made (see Promise's constructor). Written once, when the frame is made.
+    std::source_location where_;
 
     struct FinalAwaiter {
         bool await_ready() const noexcept { return false; }
@@ -124,8 +130,21 @@ struct FrameRoom {
     static void deallocate(void* frame) noexcept { FrameCell::drop(frame, size); }
 };
 
+// Where a frame is made: the compiler constructs the promise inside the coroutine, with
+// no arguments where no constructor takes the coroutine's parameters, so the default
+// argument std::source_location::current() is evaluated in the coroutine itself. g++ 12
+// and clang++ 16 both report its name (function_name()) and file; the line is that of the
+// function's closing brace with g++ 12 and that of its name with clang++ 16. (A default
+// argument of operator new would not do: clang++ 16 then takes the coroutine's parameters
+// for the location and rejects the program.) A coroutine whose only parameter is a
+// std::source_location gets that one instead.
 template <class T>
 struct Promise : PromiseBase {
+    // dump.hpp finds PromiseBase at the same place in every frame (see promise_of there).
+    static_assert(alignof(T) <= 16, "xiio::Task<T>: over-aligned T are not supported");
+    explicit Promise(std::source_location where = std::source_location::current()) noexcept
+        : PromiseBase(where) {}
+
     // Frames come from the thread's frame pool (detail/frame_pool.hpp), with FrameRoom in
     // front; the compiler passes the frame's size back to the sized delete.
     static void* operator new(std::size_t n) { return FrameRoom<T>::allocate(n); }
@@ -149,6 +168,9 @@ struct Promise : PromiseBase {
 
 template <>
 struct Promise<void> : PromiseBase {
+    explicit Promise(std::source_location where = std::source_location::current()) noexcept
+        : PromiseBase(where) {}
+
     static void* operator new(std::size_t n) { return FrameRoom<void>::allocate(n); }
     static void operator delete(void* frame, std::size_t) noexcept {
         FrameRoom<void>::deallocate(frame);

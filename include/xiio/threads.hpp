@@ -195,6 +195,7 @@ public:
         // The completion can only run on this thread, once we are back in the loop.
         job_->loop_ = &loop;
         job_->wait_ = &w_;
+        w_.describe = [](const Wait&, std::string& out) { out += "a job on a worker thread"; };
         loop.keepalive(+1);
         loop.expect_remote();
         loop.suspend(*w_.runner, w_, h);
