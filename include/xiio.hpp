@@ -9,6 +9,7 @@
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
 //   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
 //   xiio/race.hpp     race
+//   xiio/shield.hpp   shield
 //   xiio/threads.hpp  ThreadPool, in_thread
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
@@ -32,6 +33,7 @@
 #include <xiio/process.hpp>
 #include <xiio/race.hpp>
 #include <xiio/serve.hpp>
+#include <xiio/shield.hpp>
 #include <xiio/signals.hpp>
 #include <xiio/stream.hpp>
 #include <xiio/sync.hpp>
