@@ -200,8 +200,8 @@ TEST_CASE("a loser that finishes with a value after the winner is dropped") {
             co_await xiio::sleep(10s);
             co_return 0;
         };
-        auto r = co_await xiio::race(waiter(ev, 1, nullptr), waiter(ev, 2, &loser_returned),
-                                     setter(ev));
+        auto r =
+            co_await xiio::race(waiter(ev, 1, nullptr), waiter(ev, 2, &loser_returned), setter(ev));
         CHECK(r.index() == 0);
         CHECK(std::get<0>(r) == 1);
         CHECK(loser_returned);
