@@ -1120,6 +1120,7 @@ struct Run {
     std::string violations; // broken invariants found while running (handoff conservation)
     long handoff_races = 0; // handoff nodes whose hand-off and deadline ran in one iteration
     long handoff_hits = 0;  // ... in which the body returned with the cancellation pending
+    long shield_holds = 0;  // shields that returned with a held cancellation now pending
 
     const Node& at(int id) const { return t.nodes[static_cast<std::size_t>(id)]; }
 };
@@ -1608,6 +1609,9 @@ inline xiio::Task<int> exec_race(Run& r, const Node& n) {
 
 inline xiio::Task<int> exec_shield(Run& r, const Node& n) {
     int v = co_await xiio::shield(run_node(r, n.steps.at(0).child));
+    // Suspends nothing and takes nothing: counts the shields that held a cancellation.
+    if (co_await xiio::detail::cancellation_pending())
+        ++r.shield_holds;
     co_return n.id + 1 + v;
 }
 
@@ -1759,6 +1763,7 @@ struct Result {
     long injected = 0;
     long handoff_races = 0; // see Run
     long handoff_hits = 0;
+    long shield_holds = 0; // see Run
 };
 
 /// Runs `t` on a fresh loop and compares with the model; also checks that every node's
@@ -1816,6 +1821,7 @@ inline Result check_tree(const Tree& t, const Config& cfg, std::uint64_t inject_
     o << r.violations;
     res.handoff_races = r.handoff_races;
     res.handoff_hits = r.handoff_hits;
+    res.shield_holds = r.shield_holds;
     // in_thread jobs that were cancelled may still be finishing in the pool: give them a
     // moment before counting what is alive.
     auto live = xiio::detail::live_counts();
