@@ -1,5 +1,6 @@
 // Cleanup that awaits: when one member of a group fails, the others are cancelled, and
-// each still says goodbye (an await) before it lets the cancellation go.
+// each still says goodbye (an await) before it lets the cancellation go. Cleanup that must
+// finish even if a deadline passes meanwhile runs under shield(), bounded by its own timeout.
 #include <xiio.hpp>
 
 #include <fmt/core.h>
@@ -36,6 +37,21 @@ xiio::Task<int> fetch(int n) {
     co_return n;
 }
 
+xiio::Task<void> save_state() {
+    co_await xiio::sleep(30ms);
+    fmt::print("state saved\n");
+}
+
+xiio::Task<void> session() {
+    co_await xiio::sleep(10ms); // the session's work
+    // The deadline below passes while the state is being saved: shield() holds its
+    // cancellation back until save_state() ended (or its own 1 s limit passed), and the
+    // next co_await throws it.
+    co_await xiio::shield(xiio::timeout(1s, save_state()));
+    co_await xiio::sleep(10ms);
+    fmt::print("not printed: the session was cancelled\n");
+}
+
 xiio::Task<void> main_task() {
     // A group's body is a member too: the group ends when it and both fetches are done.
     co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
@@ -51,6 +67,9 @@ xiio::Task<void> main_task() {
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(xiio::Clock::now() - start);
         fmt::print("{} after {} ms; both workers cleaned up first\n", e.what(), ms.count());
     }
+
+    bool finished = co_await xiio::move_on_after(20ms, session());
+    fmt::print("session {}, its state saved anyway\n", finished ? "finished" : "timed out");
 }
 
 int main() {

@@ -8,6 +8,8 @@
 //   xiio/core.hpp     Condition, Future, sleep, sleep_until, yield
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
 //   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
+//   xiio/race.hpp     race
+//   xiio/shield.hpp   shield
 //   xiio/threads.hpp  ThreadPool, in_thread
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
@@ -31,7 +33,9 @@
 #include <xiio/multiplex.hpp>
 #include <xiio/net.hpp>
 #include <xiio/process.hpp>
+#include <xiio/race.hpp>
 #include <xiio/serve.hpp>
+#include <xiio/shield.hpp>
 #include <xiio/signals.hpp>
 #include <xiio/stream.hpp>
 #include <xiio/sync.hpp>

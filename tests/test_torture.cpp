@@ -1,5 +1,5 @@
-// Randomized task trees (tests/torture.hpp): groups, gather, timeouts, cancel(), sleeps,
-// pipes, futures, queues, threads and processes, with errors and cancellations at random
+// Randomized task trees (tests/torture.hpp): groups, gather, race, shield, timeouts, cancel(),
+// sleeps, pipes, futures, queues, threads and processes, with errors and cancellations at random
 // points, and hand-offs racing deadlines, each tree checked against a model of docs/reference.md.
 //
 //   XIIO_TORTURE_TREES=<n>  trees per test case (default 1000, threads case 100; nightly: 10000)
@@ -24,15 +24,16 @@ std::uint64_t env_u64(const char* name, std::uint64_t fallback) {
 /// `min_handoff_hits`: per 1000 trees, how many hand-offs must have met their deadline in
 /// the same iteration with the body completing (bb28e1d's case) — so that a change of the
 /// generator or of the loop that stops producing them is noticed (70 to 90 are usual).
+/// `min_shield_holds`: likewise, shields that held a cancellation (20 to 30 are usual).
 void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
-                   long min_handoff_hits = 0) {
+                   long min_handoff_hits = 0, long min_shield_holds = 0) {
     const char* replay = std::getenv("XIIO_TORTURE_SEED");
     std::uint64_t base = replay && *replay ? env_u64("XIIO_TORTURE_SEED", 0)
                                            : env_u64("XIIO_TORTURE_BASE", std::random_device{}());
     std::uint64_t trees = replay && *replay ? 1 : env_u64("XIIO_TORTURE_TREES", default_trees);
     UNSCOPED_INFO("seeds " << base << " .. " << base + trees - 1
                            << " (replay one with XIIO_TORTURE_SEED=<seed>)");
-    long nodes = 0, injected = 0, errors = 0, cancelled = 0, races = 0, hits = 0;
+    long nodes = 0, injected = 0, errors = 0, cancelled = 0, races = 0, hits = 0, holds = 0;
     auto start = std::chrono::steady_clock::now();
     for (std::uint64_t i = 0; i < trees; ++i) {
         std::uint64_t seed = base + i;
@@ -46,6 +47,7 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
         injected += r.injected;
         races += r.handoff_races;
         hits += r.handoff_hits;
+        holds += r.shield_holds;
         errors += r.outcome.kind == torture::Outcome::error;
         cancelled += r.outcome.kind == torture::Outcome::cancelled;
         if (!r.error.empty()) {
@@ -60,9 +62,12 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
     INFO(trees << " trees, " << nodes << " nodes, " << errors << " ended in an error, " << cancelled
                << " in CancelledError, " << injected << " syscall faults, " << races
                << " hand-offs due with their deadline in one iteration (" << hits
-               << " bodies completed with its cancellation pending), " << ms << " ms");
+               << " bodies completed with its cancellation pending), " << holds
+               << " shields held a cancellation, " << ms << " ms");
     if (!(replay && *replay) && trees >= 1000)
         CHECK(hits * 1000 >= min_handoff_hits * static_cast<long>(trees));
+    if (!(replay && *replay) && trees >= 1000)
+        CHECK(holds * 1000 >= min_shield_holds * static_cast<long>(trees));
     SUCCEED();
 }
 
@@ -70,7 +75,7 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
 
 TEST_CASE("torture: random task trees behave as the reference predicts", "[torture]") {
     torture::Config cfg;
-    torture_trees(cfg, 1000, 10);
+    torture_trees(cfg, 1000, 10, 5);
 }
 
 // Mostly in_thread leaves, for the TSan build (also runs everywhere else).

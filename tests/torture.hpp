@@ -24,6 +24,17 @@
 //   the deadline of a timeout/move_on_after whose body is the one wait for it. It is busy
 //   work too, but its order is set by timers and one loop pass, not by ticks; see
 //   exec_handoff() for why each order is certain, including "both in one iteration".
+// - A race node runs its children under xiio::race; each member then waits for a tick of
+//   its own, allocated right after the child's ticks. So the child generated first always
+//   ends first (its ticks and its member tick come before any tick of the others) and
+//   decides the race, by value or error; the others are cancelled in that tick. The steps
+//   are shuffled after generation, so the winner's index varies. Only the second child
+//   generated keeps its cleanup_throws (and those of its subtree): two losers failing in
+//   the same tick would make the error race throws depend on the order of their cleanups.
+// - A shield node awaits xiio::shield(child): the child runs as a runner of its own, which
+//   no cancellation from outside reaches; one that reaches the awaiting runner meanwhile is
+//   held and becomes pending when the child ended. An expiring timeout never has a shield in
+//   its body: it stays busy until it returns, and a shield there could wait for a later tick.
 //
 // The model (class Model) mirrors the interpreter function by function. Its primitive is
 // `cancelled(runner, now, until)`: does a co_await that would end at tick `until` throw
@@ -69,7 +80,9 @@ enum class Kind {
     pipe_pair,
     future_pair,
     queue_pair,
-    handoff
+    handoff,
+    race,
+    shield
 };
 enum class Action { none, sleep, yield, thread, process };
 
@@ -110,7 +123,8 @@ struct Node {
     Form form = Form::awaitable; // handoff: the body: q.get() itself, a Task, a callable
     int handoff_ns = 0;          // handoff, tie: the hand-off is due at t0 + D + this
     bool again = false;          // handoff: the body awaits once more after it was handed
-    std::vector<Step> steps;     // group body; gather children (add), timeout body (one)
+    std::vector<Step> steps;     // group body; gather, race children (add); timeout, shield body
+    std::vector<Tick> member_ticks; // race: what member i waits for after its child (steps[i])
 };
 
 struct Tree {
@@ -190,6 +204,8 @@ struct Config {
     bool inject = true;      // EINTR / EAGAIN / short reads and writes on the trees' pipes
     int watchdog_ms = 20000; // a tree that does not settle is reported as a hang
     bool handoffs = true;    // handoff nodes (a hand-off racing a deadline)
+    bool races = true;       // race nodes
+    bool shields = true;     // shield nodes
     // Was an xiio bug (test "task_group<R> drops an error the body raised after cancel()"):
     // a body whose awaited step turns its cancellation into an error after tg.cancel()
     // made task_group<R> throw that error instead of CancelledError. While true, groups
@@ -255,11 +271,21 @@ private:
     /// group whose direct child it is (-1: none), which a cancel node may cancel.
     int gen(int depth, int group) {
         bool leafy = depth >= cfg_.max_depth || full();
-        // weights: leaf, group, gather, timeout, cancel, pipe, future, queue, handoff
-        std::array<int, 9> w{
-            35, 16, 12, 12, group >= 0 ? 10 : 0, cfg_.pipes ? 5 : 0, 6, 4, cfg_.handoffs ? 7 : 0};
+        // weights: leaf, group, gather, timeout, cancel, pipe, future, queue, handoff, race,
+        // shield
+        std::array<int, 11> w{35,
+                              16,
+                              12,
+                              12,
+                              group >= 0 ? 10 : 0,
+                              cfg_.pipes ? 5 : 0,
+                              6,
+                              4,
+                              cfg_.handoffs ? 7 : 0,
+                              cfg_.races ? 8 : 0,
+                              cfg_.shields ? 7 : 0};
         if (leafy)
-            w[1] = w[2] = w[3] = 0;
+            w[1] = w[2] = w[3] = w[9] = w[10] = 0;
         int total = 0;
         for (int x : w)
             total += x;
@@ -307,8 +333,52 @@ private:
         }
         case Kind::handoff:
             return make_handoff();
+        case Kind::race:
+            return make_race(depth);
+        case Kind::shield: {
+            int id = new_node(Kind::shield);
+            int c = gen(depth + 1, -1); // no cancel node: its runner is in no group of ours
+            at(id).steps.push_back({false, c});
+            return id;
+        }
         }
         return leaf();
+    }
+
+    int make_race(int depth) {
+        int id = new_node(Kind::race);
+        int n = 1 + static_cast<int>(ch_.below(3));
+        std::vector<std::pair<int, Tick>> members;
+        for (int i = 0; i < n; ++i) {
+            int c = gen(depth + 1, -1); // first: it may reallocate the nodes
+            if (i >= 2)
+                strip_cleanup_throws(c);
+            members.push_back({c, next_tick_++});
+        }
+        for (int i = n - 1; i > 0; --i) // shuffled: the winner (generated first) at any index
+            std::swap(members[static_cast<std::size_t>(i)],
+                      members[ch_.below(static_cast<std::uint64_t>(i) + 1)]);
+        for (auto [c, t] : members) {
+            at(id).steps.push_back({true, c});
+            at(id).member_ticks.push_back(t);
+        }
+        at(id).variant = n == 2 && ch_.chance(50);
+        return id;
+    }
+
+    void strip_cleanup_throws(int id) {
+        at(id).cleanup_throws = false;
+        for (const Step& s : at(id).steps)
+            strip_cleanup_throws(s.child);
+    }
+
+    bool has_shield(int id) {
+        if (at(id).kind == Kind::shield)
+            return true;
+        for (const Step& s : at(id).steps)
+            if (has_shield(s.child))
+                return true;
+        return false;
     }
 
     /// A hand-off against a deadline. Most of them fall due in one loop iteration: the case
@@ -427,7 +497,7 @@ private:
         Tick mine = next_tick_++; // before the body's ticks; unused if it does not expire
         int body = gen(depth + 1, -1);
         at(id).steps.push_back({false, body});
-        if (has_tick(body) && ch_.chance(60)) {
+        if (has_tick(body) && !has_shield(body) && ch_.chance(60)) {
             at(id).tick = mine;
             at(id).us = static_cast<int>(ch_.below(2000));
             if (cfg_.avoid_late_member_after_outside_cancel)
@@ -455,8 +525,8 @@ inline std::string dump(const Tree& t) {
     std::ostringstream o;
     auto rec = [&](auto& self, int id, int depth, const char* how) -> void {
         const Node& n = t.nodes[static_cast<std::size_t>(id)];
-        static const char* kinds[] = {"leaf", "group",  "gather", "timeout", "cancel",
-                                      "pipe", "future", "queue",  "handoff"};
+        static const char* kinds[] = {"leaf",   "group", "gather",  "timeout", "cancel", "pipe",
+                                      "future", "queue", "handoff", "race",    "shield"};
         static const char* actions[] = {"", " sleep", " yield", " thread", " process"};
         o << std::string(static_cast<std::size_t>(depth) * 2, ' ') << how << "#" << n.id << " "
           << kinds[static_cast<int>(n.kind)];
@@ -471,8 +541,13 @@ inline std::string dump(const Tree& t) {
         if (n.kind == Kind::timeout)
             o << (n.variant ? " move_on_after" : " timeout") << (n.tick ? " expiring" : " 1h")
               << (n.callable ? " callable" : "");
-        if (n.kind == Kind::gather && n.variant)
+        if ((n.kind == Kind::gather || n.kind == Kind::race) && n.variant)
             o << " variadic";
+        if (n.kind == Kind::race) {
+            o << " member ticks";
+            for (Tick t : n.member_ticks)
+                o << " @" << t;
+        }
         if (n.kind == Kind::handoff) {
             static const char* prims[] = {"queue", "semaphore", "event"};
             static const char* orders[] = {"before", "handoff-first", "deadline-first", "tie",
@@ -533,7 +608,10 @@ struct Outcome {
 class Model {
 public:
     explicit Model(const Tree& t)
-        : started(t.nodes.size(), false), unpredictable(t.nodes.size(), false), t_(t) {}
+        : started(t.nodes.size(), false), unpredictable(t.nodes.size(), false), t_(t) {
+        for (const Node& n : t.nodes)
+            has_shield_ = has_shield_ || n.kind == Kind::shield;
+    }
 
     Outcome run() {
         Rt rt;
@@ -550,6 +628,7 @@ private:
         Tick c = never;       // when its group cancels it (consumed once delivered)
         bool pending = false; // cancelled while running: the next co_await throws
         bool hit = false;     // some cancellation was delivered to it
+        Tick hit_at = never;  // the tick of c when it was delivered (or held by a shield)
     };
     struct GroupState {
         Tick g;             // the tick assumed for the group's own cancellation
@@ -559,6 +638,7 @@ private:
         Outcome o;
         Tick end;
         bool hit;
+        Tick hit_at; // see Rt
     };
 
     const Node& at(int id) const { return t_.nodes[static_cast<std::size_t>(id)]; }
@@ -579,6 +659,7 @@ private:
             if (rt.c < now)
                 fail("a cancellation was not delivered in time");
             now = rt.c;
+            rt.hit_at = rt.c;
             rt.c = never;
             rt.hit = true;
             return true;
@@ -656,6 +737,10 @@ private:
             return gather(n, rt, now);
         case Kind::timeout:
             return timeout(n, rt, now);
+        case Kind::race:
+            return race(n, rt, now);
+        case Kind::shield:
+            return shield(n, rt, now);
         }
         fail("unknown kind");
     }
@@ -720,12 +805,18 @@ private:
             Outcome bo = Outcome::val(0);
             for (const Step& s : n.steps) {
                 if (s.add) {
+                    if (outer < tb) {
+                        // The body held the outside cancellation (a shield) and adds after
+                        // it: the member is cancelled at once and never starts.
+                        ms.push_back({Outcome::cancel(), tb, true, outer});
+                        continue;
+                    }
                     // Added after the group cancelled itself: runs normally (but an
                     // outside cancellation still reaches it).
                     Rt m{tb >= g ? outer : std::min(outer, g)};
                     Tick tm = tb;
                     Outcome mo = node(s.child, m, tm, &gs);
-                    ms.push_back({mo, tm, m.hit});
+                    ms.push_back({mo, tm, m.hit, m.hit_at});
                 } else {
                     Outcome so = node(s.child, body, tb, &gs);
                     if (so.kind != Outcome::value) {
@@ -737,7 +828,7 @@ private:
             }
             if (bo.kind == Outcome::value)
                 bo.v = sum;
-            ms.push_back({bo, tb, body.hit});
+            ms.push_back({bo, tb, body.hit, body.hit_at});
             const Member* error = nullptr;
             Tick ev = first_event(ms, gs.first, &error);
             if (ev < g) {
@@ -754,22 +845,8 @@ private:
     /// then the body's outcome (`bo`; for gather, computed by the caller).
     Outcome finish(const std::vector<Member>& ms, Tick outer, Tick g, Rt& rt, Tick& now,
                    const Member* error, const Outcome& bo) {
-        Tick end = now;
-        for (const Member& m : ms)
-            end = std::max(end, m.end);
-        if (outer != never && end > outer)
-            fail("a member outlived the outer cancellation");
-        now = end;
-        // The join was interrupted if a member was cancelled by the outer cancellation
-        // (not by the group's own event in the same tick, which then caused it).
-        bool outside = false;
-        for (const Member& m : ms)
-            outside = outside || (outer != never && g != outer && m.hit && m.end == outer);
-        if (outside) {
-            rt.c = never;
-            rt.hit = true;
+        if (interrupted(ms, outer, g, rt, now))
             return Outcome::cancel();
-        }
         if (error)
             return error->o;
         // The reference: after cancel(), errors are dropped; a body that was cancelled and has
@@ -777,6 +854,106 @@ private:
         if (bo.kind == Outcome::error)
             return Outcome::cancel();
         return bo;
+    }
+
+    /// The end of a group: `now` moves to its last member's end. True if the outer
+    /// cancellation interrupted its join: a member was cancelled by it (not by the group's
+    /// own event in the same tick, which then caused it), or outlived it (a shield held it).
+    bool interrupted(const std::vector<Member>& ms, Tick outer, Tick g, Rt& rt, Tick& now) {
+        Tick end = now;
+        for (const Member& m : ms)
+            end = std::max(end, m.end);
+        if (outer != never && end > outer && !has_shield_)
+            fail("a member outlived the outer cancellation");
+        now = end;
+        bool outside = false;
+        for (const Member& m : ms)
+            outside =
+                outside || (outer != never && g != outer && (m.hit_at == outer || m.end > outer));
+        if (outside) {
+            rt.c = never;
+            rt.hit = true;
+            rt.hit_at = outer;
+        }
+        return outside;
+    }
+
+    /// race: see the top of this file. The first member to end by itself (not cancelled)
+    /// decides at tick g; the others are cancelled then. Its value (plus 7 x its index), or
+    /// its exception; if it returned a value, the first loser's error is thrown instead.
+    Outcome race(const Node& n, Rt& rt, Tick& now) {
+        if (cancelled(rt, now, now)) // pending: the group body is abandoned, nothing starts
+            return Outcome::cancel();
+        const Tick outer = rt.c;
+        Tick g = never;
+        for (;;) {
+            clear(n.id);
+            std::vector<Member> ms;
+            for (std::size_t i = 0; i < n.steps.size(); ++i) {
+                Rt m{std::min(outer, g)};
+                Tick tm = now;
+                Outcome mo = node(n.steps[i].child, m, tm, nullptr);
+                if (mo.kind == Outcome::value && cancelled(m, tm, n.member_ticks.at(i)))
+                    mo = Outcome::cancel();
+                ms.push_back({mo, tm, m.hit, m.hit_at});
+            }
+            Tick ev = never;
+            std::size_t w = ms.size();
+            for (std::size_t i = 0; i < ms.size(); ++i) {
+                if (ms[i].hit)
+                    continue;
+                if (ms[i].end == ev)
+                    fail("two members of a race end in one tick");
+                if (ms[i].end < ev) {
+                    ev = ms[i].end;
+                    w = i;
+                }
+            }
+            if (ev < g) {
+                g = ev;
+                continue;
+            }
+            if (ev != g)
+                fail("race event moved later");
+            if (interrupted(ms, outer, g, rt, now))
+                return Outcome::cancel();
+            if (w == ms.size())
+                fail("a race without a winner, not cancelled from outside");
+            Outcome o = ms[w].o;
+            if (o.kind != Outcome::value)
+                return o;
+            o.v += n.id + 1 + 7 * static_cast<long>(w);
+            const Member* lost = nullptr;
+            for (std::size_t i = 0; i < ms.size(); ++i) {
+                if (i == w || ms[i].o.kind != Outcome::error)
+                    continue;
+                if (lost && lost->end == ms[i].end)
+                    fail("two losers of a race fail in one tick");
+                if (!lost || ms[i].end < lost->end)
+                    lost = &ms[i];
+            }
+            return lost ? lost->o : o;
+        }
+    }
+
+    /// shield: the child runs on a runner of its own; a cancellation that reaches `rt`
+    /// meanwhile is held, and pending once the child ended.
+    Outcome shield(const Node& n, Rt& rt, Tick& now) {
+        Rt own;
+        Tick ts = now;
+        Outcome o = node(n.steps.at(0).child, own, ts, nullptr);
+        if (rt.c < ts) {
+            if (rt.c < now)
+                fail("a cancellation was not delivered in time");
+            rt.hit_at = rt.c;
+            rt.c = never;
+            rt.pending = true;
+            rt.hit = true;
+        }
+        now = ts;
+        if (o.kind == Outcome::value)
+            o.v += n.id + 1;
+        return o;
     }
 
     Outcome gather(const Node& n, Rt& rt, Tick& now) {
@@ -791,7 +968,7 @@ private:
                 Rt m{std::min(outer, g)};
                 Tick tm = now;
                 Outcome mo = node(s.child, m, tm, nullptr);
-                ms.push_back({mo, tm, m.hit});
+                ms.push_back({mo, tm, m.hit, m.hit_at});
             }
             const Member* error = nullptr;
             Tick ev = first_event(ms, never, &error);
@@ -829,7 +1006,7 @@ private:
         Rt b{outer};
         Tick tb = now;
         Outcome o = node(child, b, tb, nullptr);
-        std::vector<Member> ms{{o, tb, b.hit}};
+        std::vector<Member> ms{{o, tb, b.hit, b.hit_at}};
         const Member* error = nullptr;
         Tick g = first_event(ms, never, &error);
         // The body's own CancelledError (not an outside one) leaves run_with_deadline
@@ -839,6 +1016,7 @@ private:
     }
 
     const Tree& t_;
+    bool has_shield_ = false; // members may outlive an outer cancellation (held)
 };
 
 // ---- the interpreter ---------------------------------------------------------------------
@@ -942,6 +1120,7 @@ struct Run {
     std::string violations; // broken invariants found while running (handoff conservation)
     long handoff_races = 0; // handoff nodes whose hand-off and deadline ran in one iteration
     long handoff_hits = 0;  // ... in which the body returned with the cancellation pending
+    long shield_holds = 0;  // shields that returned with a held cancellation now pending
 
     const Node& at(int id) const { return t.nodes[static_cast<std::size_t>(id)]; }
 };
@@ -1407,6 +1586,35 @@ inline xiio::Task<int> exec_handoff(Run& r, const Node& n) {
     co_return h.value ? n.id + 1 : handoff_timed_out_value(n.id);
 }
 
+/// A race member: the child, then its own tick (see the top of this file).
+inline xiio::Task<int> race_member(Run& r, const Node& n, std::size_t i) {
+    int v = co_await run_node(r, n.steps[i].child);
+    co_await r.ticks[static_cast<std::size_t>(n.member_ticks[i])]->wait();
+    co_return v;
+}
+
+inline xiio::Task<int> exec_race(Run& r, const Node& n) {
+    long sum = n.id + 1;
+    if (n.variant) { // exactly two members
+        auto v = co_await xiio::race(race_member(r, n, 0), race_member(r, n, 1));
+        auto i = static_cast<long>(v.index());
+        co_return static_cast<int>(sum + 7 * i + (i == 0 ? std::get<0>(v) : std::get<1>(v)));
+    }
+    std::vector<xiio::Task<int>> ts;
+    for (std::size_t i = 0; i < n.steps.size(); ++i)
+        ts.push_back(race_member(r, n, i));
+    auto [i, v] = co_await xiio::race(std::move(ts));
+    co_return static_cast<int>(sum + 7 * static_cast<long>(i) + v);
+}
+
+inline xiio::Task<int> exec_shield(Run& r, const Node& n) {
+    int v = co_await xiio::shield(run_node(r, n.steps.at(0).child));
+    // Suspends nothing and takes nothing: counts the shields that held a cancellation.
+    if (co_await xiio::detail::cancellation_pending())
+        ++r.shield_holds;
+    co_return n.id + 1 + v;
+}
+
 inline xiio::Task<int> exec(Run& r, const Node& n) {
     switch (n.kind) {
     case Kind::leaf:
@@ -1427,6 +1635,10 @@ inline xiio::Task<int> exec(Run& r, const Node& n) {
         return exec_queue(r, n);
     case Kind::handoff:
         return exec_handoff(r, n);
+    case Kind::race:
+        return exec_race(r, n);
+    case Kind::shield:
+        return exec_shield(r, n);
     }
     throw std::logic_error("unknown kind");
 }
@@ -1551,6 +1763,7 @@ struct Result {
     long injected = 0;
     long handoff_races = 0; // see Run
     long handoff_hits = 0;
+    long shield_holds = 0; // see Run
 };
 
 /// Runs `t` on a fresh loop and compares with the model; also checks that every node's
@@ -1608,6 +1821,7 @@ inline Result check_tree(const Tree& t, const Config& cfg, std::uint64_t inject_
     o << r.violations;
     res.handoff_races = r.handoff_races;
     res.handoff_hits = r.handoff_hits;
+    res.shield_holds = r.shield_holds;
     // in_thread jobs that were cancelled may still be finishing in the pool: give them a
     // moment before counting what is alive.
     auto live = xiio::detail::live_counts();
