@@ -9,6 +9,7 @@
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
 //   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
 //   xiio/threads.hpp  ThreadPool, in_thread
+//   xiio/spawn.hpp    Process, spawn_process, SpawnOptions
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
@@ -31,6 +32,7 @@
 #include <xiio/process.hpp>
 #include <xiio/serve.hpp>
 #include <xiio/signals.hpp>
+#include <xiio/spawn.hpp>
 #include <xiio/stream.hpp>
 #include <xiio/sync.hpp>
 #include <xiio/task.hpp>
