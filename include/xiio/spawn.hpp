@@ -40,12 +40,12 @@ namespace xiio {
 
 /// How spawn_process() starts the command. What is not piped is inherited.
 struct SpawnOptions {
-    bool pipe_stdin = false;       // Process::stdin_fd() writes to the child's stdin
-    bool pipe_stdout = false;      // Process::stdout_fd() reads the child's stdout
-    bool pipe_stderr = false;      // Process::stderr_fd() reads the child's stderr
-    bool stderr_to_stdout = false; // the child's stderr goes where its stdout goes
-    bool new_session = false;      // the child leads a new session and process group (setsid)
-    std::optional<std::string> cwd = {};              // working directory of the child
+    bool pipe_stdin = false;             // Process::stdin_fd() writes to the child's stdin
+    bool pipe_stdout = false;            // Process::stdout_fd() reads the child's stdout
+    bool pipe_stderr = false;            // Process::stderr_fd() reads the child's stderr
+    bool stderr_to_stdout = false;       // the child's stderr goes where its stdout goes
+    bool new_session = false;            // the child leads a new session and process group (setsid)
+    std::optional<std::string> cwd = {}; // working directory of the child
     std::optional<std::vector<std::string>> env = {}; // "KEY=VALUE"; replaces the environment
 };
 
@@ -156,7 +156,8 @@ struct Child {
     /// on it answers EAGAIN instead of waiting (a zombie was left).
     int reap_blocking() noexcept {
         siginfo_t info{};
-        int rc = retry_eintr([&] { return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED); });
+        int rc =
+            retry_eintr([&] { return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED); });
         reaped = true; // also on error: nothing is left to wait for
         if (rc != 0)
             return errno;
@@ -338,8 +339,7 @@ public:
         detail::Child& c = state("send_signal").child;
         if (c.reaped)
             return;
-        if (::syscall(SYS_pidfd_send_signal, c.pidfd.get(), sig, nullptr, 0) != 0 &&
-            errno != ESRCH)
+        if (::syscall(SYS_pidfd_send_signal, c.pidfd.get(), sig, nullptr, 0) != 0 && errno != ESRCH)
             detail::throw_errno("pidfd_send_signal");
     }
 
