@@ -11,7 +11,6 @@
 #include <xiio/multiplex.hpp>
 #include <xiio/spawn.hpp>
 
-#include <algorithm>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -80,8 +79,8 @@ Task<void> read_all(Fd& fd, std::string& into, std::optional<std::size_t> limit,
     char buf[65536];
     for (;;) {
         std::size_t want = sizeof buf;
-        if (limit)
-            want = std::min(want, *limit - into.size() + 1); // into.size() <= *limit here
+        if (limit && *limit - into.size() < want) // into.size() <= *limit here
+            want = *limit - into.size() + 1;      // one more byte shows the excess
         std::size_t n = co_await read(fd, std::span<char>(buf, want));
         if (n == 0)
             co_return;
