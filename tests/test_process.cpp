@@ -310,12 +310,14 @@ std::string max_output_error(const std::string& script, std::size_t limit) {
 } // namespace
 
 TEST_CASE("max_output bounds stdout: yes is stopped and reaped, the error names the limit") {
-    assert_duration(0ms, [] {
+    auto body = [] {
         std::string what = max_output_error("exec yes", 100000);
         CHECK(what.find("100000 bytes") != std::string::npos);
         CHECK(what.find("stdout") != std::string::npos);
         CHECK(what.find("'sh'") != std::string::npos);
-    });
+    };
+    // well below the grace period of 1 s, also on a busy machine
+    assert_duration(0ms, body, 500ms);
     CHECK(no_children());
 }
 
@@ -372,7 +374,7 @@ TEST_CASE("without new_session a cancelled shell's background child survives") {
 TEST_CASE("new_session: a cancelled child leaves no member of its group alive") {
     Subreaper subreaper;
     TempFile file;
-    assert_duration(200ms, [&] {
+    auto body = [&] {
         run([&]() -> Task<void> {
             ProcessOptions opts;
             opts.new_session = true;
@@ -380,7 +382,9 @@ TEST_CASE("new_session: a cancelled child leaves no member of its group alive") 
             CHECK_THROWS_AS(co_await xiio::timeout(200ms, xiio::run_process(cmd, opts)),
                             xiio::TimeoutError);
         });
-    });
+    };
+    // well below the grace period of 1 s, also on a busy machine
+    assert_duration(200ms, body, 500ms);
     auto pids = file.numbers();
     REQUIRE(pids.size() == 1);
     CHECK(group_gone(pids[0], 1s)); // the sleeps died too
@@ -390,7 +394,7 @@ TEST_CASE("new_session: a cancelled child leaves no member of its group alive") 
 TEST_CASE("new_session: a group member that ignores SIGTERM gets SIGKILL once the leader exits") {
     Subreaper subreaper;
     TempFile file;
-    assert_duration(200ms, [&] {
+    auto body = [&] {
         run([&]() -> Task<void> {
             ProcessOptions opts;
             opts.new_session = true;
@@ -399,10 +403,12 @@ TEST_CASE("new_session: a group member that ignores SIGTERM gets SIGKILL once th
             CHECK_THROWS_AS(co_await xiio::timeout(200ms, xiio::run_process(cmd, opts)),
                             xiio::TimeoutError);
         });
-    });
+    };
+    // well below the grace period of 1 s, also on a busy machine
+    assert_duration(200ms, body, 500ms);
     auto pids = file.numbers();
     REQUIRE(pids.size() == 1);
-    CHECK(group_gone(pids[0], 500ms));
+    CHECK(group_gone(pids[0], 1s));
     CHECK(no_children());
 }
 
