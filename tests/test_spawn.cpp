@@ -65,6 +65,7 @@ TEST_CASE("send_signal(SIGTERM) then wait returns -SIGTERM") {
         Cmd cmd{"sleep", "10"};
         Process p = xiio::spawn_process(cmd);
         CHECK(p.pid() > 0);
+        CHECK_THROWS_AS(p.send_signal(NSIG + 1), std::system_error); // EINVAL
         p.send_signal(SIGTERM);
         int code = co_await p.wait();
         CHECK(code == -SIGTERM);
