@@ -11,6 +11,7 @@
 //   xiio/race.hpp     race
 //   xiio/shield.hpp   shield
 //   xiio/threads.hpp  ThreadPool, in_thread
+//   xiio/spawn.hpp    Process, spawn_process, SpawnOptions
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
@@ -37,6 +38,7 @@
 #include <xiio/serve.hpp>
 #include <xiio/shield.hpp>
 #include <xiio/signals.hpp>
+#include <xiio/spawn.hpp>
 #include <xiio/stream.hpp>
 #include <xiio/sync.hpp>
 #include <xiio/task.hpp>

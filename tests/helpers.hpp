@@ -11,11 +11,14 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <thread>
 
 #include <csignal>
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 // Never write co_await inside CHECK/REQUIRE: the macros repeat their expression in an
@@ -107,6 +110,31 @@ struct Pipe {
         w = xiio::Fd(p[1]);
     }
 };
+
+/// While it lives, orphaned descendants become children of this process (not of PID 1,
+/// which may never reap them in a container), so a test can reap them and then see
+/// whether a process group is empty.
+struct Subreaper {
+    Subreaper() { REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0); }
+    ~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+    Subreaper(const Subreaper&) = delete;
+    Subreaper& operator=(const Subreaper&) = delete;
+};
+
+/// Reaps the orphans that came to us (see Subreaper) until no process of group `pgid` is
+/// left (kill(-pgid, 0) fails with ESRCH); false if a member is still there after `limit`.
+inline bool group_gone(pid_t pgid, Ms limit) {
+    auto end = xiio::Clock::now() + limit * slack_scale();
+    for (;;) {
+        while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+        }
+        if (::kill(-pgid, 0) != 0 && errno == ESRCH)
+            return true;
+        if (xiio::Clock::now() > end)
+            return false;
+        std::this_thread::sleep_for(5ms);
+    }
+}
 
 /// This thread's signal mask.
 inline sigset_t current_mask() {

@@ -4,6 +4,8 @@
 #include <xiio/process.hpp>
 
 #include <filesystem>
+#include <fstream>
+#include <thread>
 
 #include <sys/wait.h>
 
@@ -265,5 +267,163 @@ TEST_CASE("a directory named like the command earlier on PATH is skipped as exec
     } catch (const std::system_error& e) {
         CHECK(e.code() == std::errc::permission_denied);
     }
+    CHECK(no_children());
+}
+
+// Second round: max_output, stderr_to_stdout, new_session.
+
+namespace {
+
+/// A file name of its own for this test process; removed when it goes.
+struct TempFile {
+    std::string path =
+        (std::filesystem::temp_directory_path() / ("xiio-proc-" + std::to_string(::getpid())))
+            .string();
+    ~TempFile() { std::filesystem::remove(path); }
+    /// The numbers the file holds, waiting up to 2 s for the shell to write them.
+    std::vector<pid_t> numbers() const {
+        auto end = xiio::Clock::now() + 2s;
+        std::vector<pid_t> v;
+        while (v.empty() && xiio::Clock::now() < end) {
+            std::ifstream in(path);
+            for (pid_t n; in >> n;)
+                v.push_back(n);
+            if (v.empty())
+                std::this_thread::sleep_for(5ms);
+        }
+        return v;
+    }
+};
+
+/// The error run_process throws for `script` with capture_output and max_output = limit.
+std::string max_output_error(const std::string& script, std::size_t limit) {
+    auto opts = capture();
+    opts.max_output = limit;
+    try {
+        sh(script, opts);
+    } catch (const std::length_error& e) {
+        return e.what();
+    }
+    return "no exception";
+}
+
+} // namespace
+
+TEST_CASE("max_output bounds stdout: yes is stopped and reaped, the error names the limit") {
+    auto body = [] {
+        std::string what = max_output_error("exec yes", 100000);
+        CHECK(what.find("100000 bytes") != std::string::npos);
+        CHECK(what.find("stdout") != std::string::npos);
+        CHECK(what.find("'sh'") != std::string::npos);
+    };
+    // well below the grace period of 1 s, also on a busy machine
+    assert_duration(0ms, body, 500ms);
+    CHECK(no_children());
+}
+
+TEST_CASE("max_output bounds stderr separately") {
+    std::string what = max_output_error("echo small; exec yes >&2", 4096);
+    CHECK(what.find("4096 bytes") != std::string::npos);
+    CHECK(what.find("stderr") != std::string::npos);
+    CHECK(no_children());
+}
+
+TEST_CASE("max_output: exactly the limit is fine, one byte more is not") {
+    auto opts = capture();
+    opts.max_output = 1000;
+    auto r = sh("head -c 1000 /dev/zero; head -c 1000 /dev/zero >&2", opts);
+    CHECK(r.returncode == 0);
+    CHECK(r.out.size() == 1000);
+    CHECK(r.err.size() == 1000);
+    CHECK(max_output_error("head -c 1001 /dev/zero", 1000).find("1000 bytes") != std::string::npos);
+    CHECK(max_output_error("head -c 1 /dev/zero", 0).find("0 bytes") != std::string::npos);
+    CHECK(no_children());
+}
+
+TEST_CASE("max_output without capture_output is invalid_argument") {
+    ProcessOptions opts;
+    opts.max_output = 10;
+    CHECK_THROWS_AS(sh("true", opts), std::invalid_argument);
+}
+
+TEST_CASE("stderr_to_stdout merges stderr into out") {
+    auto opts = capture();
+    opts.stderr_to_stdout = true;
+    auto r = sh("echo a; echo b >&2; echo c", opts);
+    CHECK(r.out == "a\nb\nc\n");
+    CHECK(r.err.empty());
+}
+
+TEST_CASE("without new_session a cancelled shell's background child survives") {
+    // Why new_session exists: SIGTERM reaches the shell only.
+    Subreaper subreaper;
+    TempFile file;
+    run([&]() -> Task<void> {
+        Cmd cmd{"sh", "-c", "sleep 5 & echo $! > " + file.path + "; wait"};
+        CHECK_THROWS_AS(co_await xiio::timeout(200ms, xiio::run_process(cmd)), xiio::TimeoutError);
+    });
+    auto pids = file.numbers();
+    REQUIRE(pids.size() == 1);
+    pid_t orphan = pids[0];
+    CHECK(::waitpid(orphan, nullptr, WNOHANG) == 0); // alive (and ours, as the subreaper)
+    ::kill(orphan, SIGKILL);
+    ::waitpid(orphan, nullptr, 0);
+    CHECK(no_children());
+}
+
+TEST_CASE("new_session: a cancelled child leaves no member of its group alive") {
+    Subreaper subreaper;
+    TempFile file;
+    auto body = [&] {
+        run([&]() -> Task<void> {
+            ProcessOptions opts;
+            opts.new_session = true;
+            Cmd cmd{"sh", "-c", "sleep 5 & sleep 5 & echo $$ > " + file.path + "; wait"};
+            CHECK_THROWS_AS(co_await xiio::timeout(200ms, xiio::run_process(cmd, opts)),
+                            xiio::TimeoutError);
+        });
+    };
+    // well below the grace period of 1 s, also on a busy machine
+    assert_duration(200ms, body, 500ms);
+    auto pids = file.numbers();
+    REQUIRE(pids.size() == 1);
+    CHECK(group_gone(pids[0], 1s)); // the sleeps died too
+    CHECK(no_children());
+}
+
+TEST_CASE("new_session: a group member that ignores SIGTERM gets SIGKILL once the leader exits") {
+    Subreaper subreaper;
+    TempFile file;
+    auto body = [&] {
+        run([&]() -> Task<void> {
+            ProcessOptions opts;
+            opts.new_session = true;
+            opts.capture_output = true;
+            Cmd cmd{"sh", "-c", "(trap '' TERM; exec sleep 5) & echo $$ > " + file.path + "; wait"};
+            CHECK_THROWS_AS(co_await xiio::timeout(200ms, xiio::run_process(cmd, opts)),
+                            xiio::TimeoutError);
+        });
+    };
+    // well below the grace period of 1 s, also on a busy machine
+    assert_duration(200ms, body, 500ms);
+    auto pids = file.numbers();
+    REQUIRE(pids.size() == 1);
+    CHECK(group_gone(pids[0], 1s));
+    CHECK(no_children());
+}
+
+TEST_CASE("new_session: max_output stops the whole group") {
+    Subreaper subreaper;
+    TempFile file;
+    auto opts = capture();
+    opts.new_session = true;
+    opts.max_output = 10000;
+    // The shell exits at once; its background yes goes on writing into the pipe.
+    Cmd cmd{"sh", "-c", "echo $$ > " + file.path + "; yes &"};
+    CHECK_THROWS_AS(run([&]() -> Task<void> { co_await xiio::run_process(cmd, opts); }),
+                    std::length_error);
+    auto pids = file.numbers();
+    REQUIRE(pids.size() == 1);
+    CHECK(group_gone(pids[0], 1s));
     CHECK(no_children());
 }

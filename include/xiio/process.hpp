@@ -1,32 +1,23 @@
 #pragma once
-// run_process(): the original's subprocess.run(), async. Linux-specific: the exit is awaited
-// through a pidfd, so no SIGCHLD handler and no thread is involved.
+// run_process(): the original's subprocess.run(), async, built on spawn_process()
+// (spawn.hpp), whose header explains how the exit is awaited (a pidfd) and the hazards.
 //
-// Hazard (from the original): pidfd_open() is safe only as long as nobody reaps the child
-// first. xiio reaps it itself (waitid(P_PIDFD)); a process that sets SIGCHLD to SIG_IGN
-// (automatic reaping) breaks that, and run_process then throws std::system_error (ESRCH
-// or ECHILD).
+// Cancelled, or when the output exceeds max_output, the child is stopped: SIGTERM, SIGKILL
+// after a grace period, always reaped. Under new_session the whole process group gets the
+// signals; the leader is reaped only at the very end, so its group's id stays ours until
+// then (see the top of spawn.hpp).
 
-#include <xiio/detail/sys.hpp>
 #include <xiio/io.hpp>
 #include <xiio/multiplex.hpp>
+#include <xiio/spawn.hpp>
 
-#include <cstdlib>
-#include <new>
 #include <optional>
-#include <spawn.h>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <csignal>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-extern char** environ;
 
 namespace xiio {
 
@@ -37,6 +28,12 @@ struct ProcessOptions {
     std::optional<std::string> input = {}; // written to stdin, then closed (else inherited)
     std::optional<std::string> cwd = {};   // working directory of the child
     std::optional<std::vector<std::string>> env = {}; // "KEY=VALUE"; replaces the environment
+    bool new_session = false;      // the child leads a new session (setsid): stopping it
+                                   // signals its whole process group
+    bool stderr_to_stdout = false; // stderr goes where stdout goes (captured: into `out`)
+    std::optional<std::size_t> max_output = {}; // bound on `out` and on `err` (each), in
+                                                // bytes: beyond, the child is stopped and
+                                                // std::length_error names the limit
 };
 
 /// Thrown by check_returncode() (and run_process with `check`) for a non-zero exit.
@@ -74,179 +71,23 @@ struct CompletedProcess {
 
 namespace detail {
 
-/// An owned pipe: [0] read end, [1] write end; close-on-exec.
-inline std::pair<Fd, Fd> make_pipe() {
-    int p[2];
-    if (sys::pipe2(p, O_CLOEXEC) != 0)
-        throw_errno("pipe2");
-    return {Fd(p[0]), Fd(p[1])};
-}
-
-/// The executable for `name`: itself if it contains a '/', else the first regular,
-/// executable file of that name on `path` (the PATH of the child's environment). Empty and
-/// `error` set (ENOENT, or EACCES if only unusable entries were found) if none.
-inline std::string find_executable(const std::string& name, const char* path, int& error) {
-    error = ENOENT;
-    if (name.find('/') != std::string::npos)
-        return name;
-    if (!path)
-        return {};
-    std::string_view dirs(path);
-    while (true) {
-        auto colon = dirs.find(':');
-        std::string dir(dirs.substr(0, colon));
-        std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
-        // access(X_OK) alone accepts a directory (searchable means "executable"; for root,
-        // any directory): a directory `true` early on PATH would then fail the spawn with
-        // EACCES where execvp goes on to /usr/bin/true. Only a regular file is a command.
-        struct stat st {};
-        if (::stat(candidate.c_str(), &st) == 0) {
-            if (S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0)
-                return candidate;
-            error = EACCES; // reported if nothing else is found, as execvp does
-        } else if (errno == EACCES) {
-            error = EACCES;
-        }
-        if (colon == std::string_view::npos)
-            return {};
-        dirs.remove_prefix(colon + 1);
-    }
-}
-
-/// A started child: its pid and a pidfd (the only handle xiio waits on).
-struct Child {
-    pid_t pid = -1;
-    Fd pidfd;
-    bool reaped = false;
-    int returncode = 0;
-
-    Child() = default;
-    Child(Child&&) noexcept = default;
-    Child& operator=(Child&&) = delete;
-    /// The last resort: a child whose caller could not wait for it (an exception where
-    /// run_process could not even start stopping it: a failed allocation of the frame of
-    /// terminate(), or of the result; the frame destroyed with the loop) is killed and
-    /// reaped here, never left running or a zombie. Blocks only until a SIGKILLed child is
-    /// gone.
-    ~Child() {
-        if (!pidfd || reaped)
-            return;
-        signal(SIGKILL);
-        siginfo_t info{};
-        // By pid, not pidfd: the pidfd is non-blocking once the loop watched it, and a
-        // blocking waitid on it answers EAGAIN instead of waiting (a zombie was left).
-        retry_eintr([&] { return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED); });
-    }
-
-    /// Reaps the child, which must have exited (pidfd readable); fills returncode.
-    void reap(int options = WEXITED | WNOHANG) {
-        siginfo_t info{};
-        // A blocking reap goes by pid: on a non-blocking pidfd it would answer EAGAIN.
-        bool block = !(options & WNOHANG);
-        if (retry_eintr([&] {
-                return block ? ::waitid(P_PID, static_cast<id_t>(pid), &info, options)
-                             : ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, options);
-            }) != 0)
-            throw_errno("waitid");
-        if (info.si_pid == 0)
-            return; // WNOHANG: not yet
-        reaped = true;
-        returncode = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
-    }
-    void signal(int sig) noexcept {
-        ::syscall(SYS_pidfd_send_signal, pidfd.get(), sig, nullptr, 0);
-    }
-};
-
-/// Starts `cmd`; the child gets `in`, `out`, `err` (or inherits where -1) as 0, 1, 2 and no
-/// other fd of ours (closefrom 3), a clean signal mask and default SIGPIPE.
-inline Child spawn(const std::vector<std::string>& cmd, const ProcessOptions& opts, int in, int out,
-                   int err) {
-    std::vector<char*> argv;
-    for (const auto& a : cmd)
-        argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<char*> envp;
-    const char* path = std::getenv("PATH");
-    if (opts.env) {
-        path = nullptr;
-        for (const auto& e : *opts.env) {
-            envp.push_back(const_cast<char*>(e.c_str()));
-            if (e.rfind("PATH=", 0) == 0)
-                path = e.c_str() + 5;
-        }
-        envp.push_back(nullptr);
-    }
-    int search_error = 0;
-    std::string exe = find_executable(cmd.front(), path, search_error);
-    if (exe.empty())
-        throw std::system_error(search_error, std::system_category(), "posix_spawn " + cmd.front());
-
-    // The file actions allocate (glibc's malloc): one that fails must fail the spawn, not
-    // start a child that writes to our stdout or runs in the wrong directory.
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t attr;
-    int setup = posix_spawn_file_actions_init(&fa);
-    if (setup != 0)
-        throw std::bad_alloc(); // its only error is ENOMEM
-    posix_spawnattr_init(&attr);
-    auto step = [&setup](int rc) {
-        if (setup == 0)
-            setup = rc;
-    };
-    if (in >= 0)
-        step(posix_spawn_file_actions_adddup2(&fa, in, 0));
-    if (out >= 0)
-        step(posix_spawn_file_actions_adddup2(&fa, out, 1));
-    if (err >= 0)
-        step(posix_spawn_file_actions_adddup2(&fa, err, 2));
-    step(posix_spawn_file_actions_addclosefrom_np(&fa, 3));
-    if (opts.cwd)
-        step(posix_spawn_file_actions_addchdir_np(&fa, opts.cwd->c_str()));
-    if (setup != 0) {
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&attr);
-        if (setup == ENOMEM)
-            throw std::bad_alloc();
-        throw std::system_error(setup, std::system_category(),
-                                "posix_spawn_file_actions " + cmd.front());
-    }
-    sigset_t none, defaults;
-    sigemptyset(&none);
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGPIPE); // the loop blocks it; the child must not inherit that
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-    Child child;
-    int rc = sys::posix_spawn(&child.pid, exe.c_str(), &fa, &attr, argv.data(),
-                              opts.env ? envp.data() : environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    if (rc != 0)
-        throw std::system_error(rc, std::system_category(), "posix_spawn " + cmd.front());
-    // Safe as long as nobody else reaps the child (see the top of this file).
-    int pidfd = sys::pidfd_open(child.pid);
-    if (pidfd < 0) {
-        int e = errno;
-        ::kill(child.pid, SIGKILL);
-        ::waitpid(child.pid, nullptr, 0);
-        throw_errno("pidfd_open", e);
-    }
-    child.pidfd = Fd(pidfd);
-    return child;
-}
-
-/// Reads `fd` to its end into `into`.
+/// Reads `fd` to its end into `into`; more than `limit` bytes: std::length_error. Never
+/// holds more than limit + 1 bytes (each read asks for at most what may still come).
 template <class = detail::OnlyWhereUsed>
-Task<void> read_all(Fd& fd, std::string& into) {
+Task<void> read_all(Fd& fd, std::string& into, std::optional<std::size_t> limit,
+                    const std::string& command, const char* stream) {
     char buf[65536];
     for (;;) {
-        std::size_t n = co_await read(fd, buf);
+        std::size_t want = sizeof buf;
+        if (limit && *limit - into.size() < want) // into.size() <= *limit here
+            want = *limit - into.size() + 1;      // one more byte shows the excess
+        std::size_t n = co_await read(fd, std::span<char>(buf, want));
         if (n == 0)
             co_return;
         into.append(buf, n);
+        if (limit && into.size() > *limit)
+            throw std::length_error("xiio::run_process: '" + command + "' wrote more than " +
+                                    std::to_string(*limit) + " bytes (max_output) to " + stream);
     }
 }
 
@@ -263,41 +104,51 @@ Task<void> feed(Fd& fd, const std::string& data) {
     fd.close();
 }
 
+/// Waits until the child has exited; reaps it, except a group leader (kept as a zombie
+/// until run_process ends, so its group can still be signalled).
 template <class = detail::OnlyWhereUsed>
 Task<void> wait_exit(Child& child) {
-    while (!child.reaped) {
+    while (!child.exited) {
         co_await wait_readable(child.pidfd);
-        child.reap();
+        child.poll(child.group);
     }
 }
 
-/// Stops a child whose caller gave up: SIGTERM, SIGKILL after `grace`, always reaped.
+/// Stops a child whose caller gave up: SIGTERM, SIGKILL after `grace`, always reaped. A
+/// group gets SIGTERM, then SIGKILL once its leader has exited or after `grace` (its
+/// members may outlive the leader: nothing of the group survives), then the leader is
+/// reaped.
 template <class = detail::OnlyWhereUsed>
 Task<void> terminate(Child& child, Clock::duration grace) {
     std::exception_ptr error; // a cancellation during the grace period: kill at once
     try {
-        // wait_exit may have reaped it already, before a sibling failed: waiting for it
+        // wait_exit may have seen the exit already, before a sibling failed: waiting for it
         // again would be ECHILD, which would replace the error that brought us here.
-        if (!child.reaped)
-            child.reap();
-        if (!child.reaped) {
+        if (!child.exited)
+            child.poll(child.group);
+        if (!child.exited || child.group) {
             child.signal(SIGTERM);
-            co_await move_on_after(grace, wait_exit(child));
+            if (!child.exited)
+                co_await move_on_after(grace, wait_exit(child));
         }
     } catch (...) {
         error = std::current_exception();
     }
     if (!child.reaped) {
-        child.signal(SIGKILL);
-        try {
-            co_await wait_exit(child);
-        } catch (...) {
-            if (!error)
-                error = std::current_exception();
+        child.signal(SIGKILL); // a group leader is still unreaped here: its group is ours
+        if (!child.exited) {
+            try {
+                co_await wait_exit(child);
+            } catch (...) {
+                if (!error)
+                    error = std::current_exception();
+            }
         }
     }
-    if (!child.reaped)
-        child.reap(WEXITED); // blocks only for a SIGKILLed child that is about to die
+    if (!child.reaped) { // blocks only for a child that has exited or is about to die
+        if (int e = child.reap_blocking(); e != 0 && !error)
+            error = std::make_exception_ptr(std::system_error(e, std::system_category(), "waitid"));
+    }
     if (error)
         std::rethrow_exception(error);
 }
@@ -305,52 +156,58 @@ Task<void> terminate(Child& child, Clock::duration grace) {
 } // namespace detail
 
 /// Runs `cmd` and waits for it; its output is read (and `input` written) while it runs, so
-/// megabytes on both stdout and stderr do not deadlock. A command without '/' is searched
-/// on the PATH of `opts.env` if given, else of the caller, for a regular executable file
-/// (directories and files we may not execute are skipped, as execvp does; if only such
-/// entries exist, the error is EACCES). Throws std::invalid_argument for an empty cmd,
-/// std::system_error naming the command if it cannot start, and CalledProcessError with
-/// `check`. Cancelled: SIGTERM, SIGKILL after 1 s, always reaped.
+/// megabytes on both stdout and stderr do not deadlock. The command is found and started
+/// as by spawn_process(). Throws std::invalid_argument for an empty cmd or max_output
+/// without capture_output, std::system_error naming the command if it cannot start,
+/// std::length_error naming the limit if stdout or stderr exceeds max_output (the child is
+/// stopped as when cancelled), and CalledProcessError with `check`. A cancellation point:
+/// cancelled, the child (its group under new_session) gets SIGTERM, SIGKILL after 1 s, and
+/// is always reaped.
 template <class = detail::OnlyWhereUsed>
 Task<CompletedProcess> run_process(std::vector<std::string> cmd, ProcessOptions opts = {}) {
     if (cmd.empty())
         throw std::invalid_argument("xiio::run_process: empty command");
+    if (opts.max_output && !opts.capture_output)
+        throw std::invalid_argument("xiio::run_process: max_output without capture_output");
     // Everything that allocates comes before the child starts or inside the try below,
     // which stops the child on any failure (and ~Child is the last resort).
     CompletedProcess result{cmd, 0, {}, {}};
-    Fd in_r, in_w, out_r, out_w, err_r, err_w;
-    if (opts.input)
-        std::tie(in_r, in_w) = detail::make_pipe();
-    if (opts.capture_output) {
-        std::tie(out_r, out_w) = detail::make_pipe();
-        std::tie(err_r, err_w) = detail::make_pipe();
-    }
-    detail::Child child = detail::spawn(cmd, opts, in_r ? in_r.get() : -1, out_w ? out_w.get() : -1,
-                                        err_w ? err_w.get() : -1);
-    in_r.close(); // the child's ends: EOF and EPIPE must reach us when the child is done
-    out_w.close();
-    err_w.close();
+    SpawnOptions spawn;
+    spawn.pipe_stdin = opts.input.has_value();
+    spawn.pipe_stdout = opts.capture_output;
+    spawn.pipe_stderr = opts.capture_output && !opts.stderr_to_stdout;
+    spawn.stderr_to_stdout = opts.stderr_to_stdout;
+    spawn.new_session = opts.new_session;
+    spawn.cwd = std::move(opts.cwd);
+    spawn.env = std::move(opts.env);
+    Process process = spawn_process(std::move(cmd), std::move(spawn));
+    detail::ProcessState& p = detail::ProcessAccess::state(process);
 
     std::exception_ptr error;
     try {
         auto io = [&](TaskGroup& tg) -> Task<void> {
             if (opts.input)
-                tg.add_task(detail::feed(in_w, *opts.input));
-            if (opts.capture_output) {
-                tg.add_task(detail::read_all(out_r, result.out));
-                tg.add_task(detail::read_all(err_r, result.err));
-            }
-            co_await detail::wait_exit(child);
+                tg.add_task(detail::feed(p.in, *opts.input));
+            if (p.out)
+                tg.add_task(detail::read_all(p.out, result.out, opts.max_output,
+                                             result.args.front(), "stdout"));
+            if (p.err)
+                tg.add_task(detail::read_all(p.err, result.err, opts.max_output,
+                                             result.args.front(), "stderr"));
+            co_await detail::wait_exit(p.child);
         };
         co_await task_group(std::ref(io));
     } catch (...) {
         error = std::current_exception(); // no co_await in a catch block
     }
     if (error) {
-        co_await detail::terminate(child, std::chrono::seconds(1));
+        co_await detail::terminate(p.child, std::chrono::seconds(1));
         std::rethrow_exception(error);
     }
-    result.returncode = child.returncode;
+    if (!p.child.reaped) // a group leader, kept until now; it has exited
+        if (int e = p.child.reap_blocking(); e != 0)
+            detail::throw_errno("waitid", e);
+    result.returncode = p.child.returncode;
     if (opts.check)
         result.check_returncode();
     co_return result;
