@@ -8,6 +8,7 @@
 //   xiio/core.hpp     Condition, Future, sleep, sleep_until, yield
 //   xiio/io.hpp       Fd, wait_readable, wait_writable, read, read_exactly, write, writeall
 //   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
+//   xiio/generator.hpp Generator: an async generator (co_yield), consumed with next()
 //   xiio/threads.hpp  ThreadPool, in_thread
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
@@ -24,6 +25,7 @@
 #include <xiio/core.hpp>
 #include <xiio/datagram.hpp>
 #include <xiio/errors.hpp>
+#include <xiio/generator.hpp>
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
 #include <xiio/multiplex.hpp>
