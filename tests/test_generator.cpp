@@ -259,7 +259,8 @@ TEST_CASE("next() works as a timeout's body and inside a group member") {
         auto ticker = [](int& t) -> Generator<int> {
             for (;;) {
                 co_await xiio::sleep(10ms);
-                co_yield ++t;
+                ++t; // (clang warns of `co_yield ++t` as unsequenced)
+                co_yield t;
             }
         };
         int ticks = 0;
