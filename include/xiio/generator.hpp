@@ -135,7 +135,9 @@ struct [[nodiscard]] NextAwaiter : Leaf<NextAwaiter<T>, std::optional<T>> {
             throw std::logic_error("xiio::Generator: destroyed while a next() was pending");
         if (error_)
             std::rethrow_exception(std::exchange(error_, nullptr));
-        return std::move(result_);
+        std::optional<T> value = std::move(result_);
+        result_.reset(); // the moved-from T goes now, not with the consumer's expression
+        return value;
     }
 
     Handle gen_;
