@@ -10,6 +10,7 @@
 //   xiio/multiplex.hpp TaskGroup, task_group, TaskHandle, gather, timeout, move_on_after
 //   xiio/race.hpp     race
 //   xiio/shield.hpp   shield
+//   xiio/generator.hpp Generator: an async generator (co_yield), consumed with next()
 //   xiio/threads.hpp  ThreadPool, in_thread
 //   xiio/spawn.hpp    Process, spawn_process, SpawnOptions
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
@@ -29,6 +30,7 @@
 #include <xiio/datagram.hpp>
 #include <xiio/dump.hpp>
 #include <xiio/errors.hpp>
+#include <xiio/generator.hpp>
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
 #include <xiio/multiplex.hpp>

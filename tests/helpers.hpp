@@ -168,4 +168,8 @@ private:
     long saved_;
 };
 
+/// How many allocations this thread made so far through the test binary's operator new,
+/// frames from xiio's frame pool included (not under valgrind: see FailAllocation).
+long allocation_count() noexcept;
+
 } // namespace test

@@ -269,6 +269,9 @@ test::FailAllocation::FailAllocation(long n) noexcept : saved_(failing_after) {
 test::FailAllocation::~FailAllocation() {
     failing_after = saved_;
 }
+long test::allocation_count() noexcept {
+    return allocations;
+}
 bool test::FailAllocation::fired() noexcept {
     return failing_after == -2;
 }

@@ -1,6 +1,7 @@
 // Randomized task trees (tests/torture.hpp): groups, gather, race, shield, timeouts, cancel(),
-// sleeps, pipes, futures, queues, threads and processes, with errors and cancellations at random
-// points, and hand-offs racing deadlines, each tree checked against a model of docs/reference.md.
+// sleeps, leaves run as generators, pipes, futures, queues, threads and processes, with errors
+// and cancellations at random points, and hand-offs racing deadlines, each tree checked against
+// a model of docs/reference.md.
 //
 //   XIIO_TORTURE_TREES=<n>  trees per test case (default 1000, threads case 100; nightly: 10000)
 //   XIIO_TORTURE_SEED=<s>   replay the one tree of seed <s> (printed when a tree fails)

@@ -113,7 +113,8 @@ struct Node {
     bool cleanup_awaits = false; // the node's cleanup awaits a sleep of cleanup_us
     int cleanup_us = 0;
     bool cleanup_throws = false; // a cancelled node throws Err{cleanup_code} from its cleanup
-    bool variant = false;        // gather: variadic; timeout: move_on_after; future: setter first
+    bool variant = false;        // gather: variadic; timeout: move_on_after; future: setter first;
+                                 // leaf: its awaits run inside a generator that its task drains
     bool callable = false;       // timeout: body given as a callable
     int size = 0;                // pipe: bytes; queue, handoff: items
     int capacity = 1;            // queue, handoff
@@ -425,6 +426,9 @@ private:
 
     int leaf() {
         int id = new_node(Kind::leaf);
+        // Every other leaf is a generator's body: chosen by id, not by the chooser, so the
+        // trees of existing seeds (and fuzz inputs) keep their shape.
+        at(id).variant = id % 2 == 1;
         if (ch_.chance(55)) {
             at(id).tick = next_tick_++;
             at(id).fails = ch_.chance(45);
@@ -533,7 +537,7 @@ inline std::string dump(const Tree& t) {
         if (n.tick)
             o << " @" << n.tick;
         if (n.kind == Kind::leaf)
-            o << actions[static_cast<int>(n.action)];
+            o << actions[static_cast<int>(n.action)] << (n.variant ? " generator" : "");
         if (n.us)
             o << " " << n.us << "us";
         if (n.fails)
@@ -1177,6 +1181,36 @@ inline xiio::Task<int> exec_leaf(Run& r, const Node& n) {
     co_return n.id + 1;
 }
 
+/// A leaf's awaits as the body of a generator, with a value after each step: the body runs
+/// inside the draining task's runner, so its tick wait, its busy work, its error and any
+/// cancellation reach that task through next() exactly as they reach a plain leaf (the
+/// model makes no difference between the two).
+inline xiio::Generator<int> leaf_steps(Run& r, const Node& n) {
+    co_yield 0;
+    if (n.tick)
+        co_await r.ticks[static_cast<std::size_t>(n.tick)]->wait();
+    co_yield 1;
+    if (n.action != Action::none)
+        co_await busy_action(r, n);
+    co_yield 2;
+    if (n.fails)
+        throw Err(error_code(n.id));
+}
+
+inline xiio::Task<int> exec_leaf_generator(Run& r, const Node& n) {
+    auto steps = leaf_steps(r, n);
+    int expected = 0;
+    while (auto v = co_await steps.next())
+        if (*v != expected++)
+            throw std::runtime_error("generator: values out of order");
+    if (expected != 3)
+        throw std::runtime_error("generator: a value is missing");
+    auto after = co_await steps.next();
+    if (after)
+        throw std::runtime_error("generator: a value after its end");
+    co_return n.id + 1;
+}
+
 inline xiio::Task<int> exec_cancel(Run& r, const Node& n) {
     co_await r.ticks[static_cast<std::size_t>(n.tick)]->wait();
     r.groups[static_cast<std::size_t>(n.parent_group)]->cancel();
@@ -1618,7 +1652,7 @@ inline xiio::Task<int> exec_shield(Run& r, const Node& n) {
 inline xiio::Task<int> exec(Run& r, const Node& n) {
     switch (n.kind) {
     case Kind::leaf:
-        return exec_leaf(r, n);
+        return n.variant ? exec_leaf_generator(r, n) : exec_leaf(r, n);
     case Kind::group:
         return exec_group(r, n);
     case Kind::gather:
