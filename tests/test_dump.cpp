@@ -54,6 +54,15 @@ Task<void> dump_outer() {
     co_await dump_middle();
 }
 
+xiio::Generator<int> dump_numbers() {
+    co_await xiio::sleep(10s);
+    co_yield 1;
+}
+Task<void> dump_consumer() {
+    auto gen = dump_numbers();
+    (void)co_await gen.next();
+}
+
 Task<void> dump_deep(int n) {
     if (n == 0)
         co_await xiio::sleep(10s);
@@ -66,6 +75,19 @@ Task<void> wait_forever(xiio::Future<int>& f) {
 }
 
 } // namespace
+
+TEST_CASE("dump_tasks shows a generator's frame inside its consumer's chain") {
+    std::string dump = dump_of([](TaskGroup& tg) { tg.add_task(dump_consumer()); });
+    INFO(dump);
+    std::string e = entry_with(dump, "dump_consumer");
+    REQUIRE(!e.empty());
+    std::size_t consumer = e.find("dump_consumer()");
+    std::size_t generator = e.find("dump_numbers()");
+    CHECK(generator != std::string::npos);
+    CHECK(consumer < generator);
+    CHECK(e.find("test_dump.cpp") != std::string::npos);
+    CHECK(std::regex_search(e, std::regex("deadline in [0-9]+ ms")));
+}
 
 TEST_CASE("dump_tasks outside a loop says so") {
     CHECK(xiio::dump_tasks() == "xiio: no loop runs on this thread\n");

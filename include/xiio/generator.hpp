@@ -31,6 +31,7 @@
 #include <coroutine>
 #include <exception>
 #include <optional>
+#include <source_location>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -47,6 +48,11 @@ struct NextAwaiter;
 
 template <class T>
 struct GeneratorPromise : PromiseBase {
+    // A generator's frame becomes part of its consumer's chain, so dump_tasks() names it
+    // like a Task's frame (see Promise's constructor in task.hpp).
+    explicit GeneratorPromise(std::source_location where = std::source_location::current()) noexcept
+        : PromiseBase(where) {}
+
     // From the thread's frame pool, like a Task's frame (without a Task's room in front:
     // a generator never becomes a group member).
     static void* operator new(std::size_t n) { return frame_allocate(n); }
