@@ -201,7 +201,7 @@ TEST_CASE("dump_tasks shows a job on a thread") {
     CHECK(dump.find("waits for a job on a worker thread\n") != std::string::npos);
 }
 
-TEST_CASE("dump_tasks shows the pid of a child process") {
+TEST_CASE("dump_tasks shows the pid of a child process", "[no-valgrind]") {
     auto child = []() -> Task<void> {
         std::vector<std::string> cmd{"sleep", "5"};
         co_await xiio::timeout(5s, xiio::run_process(cmd));
