@@ -6,10 +6,12 @@
 #include <xiio.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -120,6 +122,23 @@ struct Subreaper {
     Subreaper(const Subreaper&) = delete;
     Subreaper& operator=(const Subreaper&) = delete;
 };
+
+/// True if this process has no child left to reap, zombie or running.
+inline bool no_children() {
+    errno = 0;
+    return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
+}
+
+/// `v` after sleeping `d`; the tasks the group, race and shield tests compose.
+inline xiio::Task<int> delayed(int v, Ms d) {
+    co_await xiio::sleep(d);
+    co_return v;
+}
+/// Throws std::runtime_error(what) after sleeping `d`.
+inline xiio::Task<void> fail_after(Ms d, const char* what = "boom") {
+    co_await xiio::sleep(d);
+    throw std::runtime_error(what);
+}
 
 /// Reaps the orphans that came to us (see Subreaper) until no process of group `pgid` is
 /// left (kill(-pgid, 0) fails with ESRCH); false if a member is still there after `limit`.

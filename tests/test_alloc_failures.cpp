@@ -40,6 +40,7 @@
 #include <netinet/in.h>
 
 using namespace std::chrono_literals;
+using test::no_children;
 using xiio::Task;
 
 namespace {
@@ -169,11 +170,6 @@ private:
     bool stop_ = false;
     std::thread thread_; // last: starts once the rest exists
 };
-
-bool no_children() {
-    errno = 0;
-    return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
-}
 
 /// Where the failure is armed.
 enum class Arm {

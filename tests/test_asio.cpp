@@ -470,12 +470,6 @@ Task<void> busy_tree(Pipe& p, bool& all_started) {
     co_await xiio::task_group(body);
 }
 
-/// No child of this process is left, zombie or running.
-bool no_children() {
-    int status;
-    return ::waitpid(-1, &status, WNOHANG) == -1 && errno == ECHILD;
-}
-
 } // namespace
 
 // The group's destructor asserted that it had no members (debug) and leaked them and their

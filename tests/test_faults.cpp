@@ -62,11 +62,6 @@ Inject::Rule every_other(std::vector<Call> calls, int err) {
     };
 }
 
-bool no_children() {
-    errno = 0;
-    return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
-}
-
 std::string pattern(std::size_t n) {
     std::string s(n, '\0');
     for (std::size_t i = 0; i < n; ++i)

@@ -11,16 +11,6 @@ using xiio::TaskGroup;
 
 namespace {
 
-Task<int> delayed(int v, Ms d) {
-    co_await xiio::sleep(d);
-    co_return v;
-}
-
-Task<void> fail_after(Ms d, const char* what = "boom") {
-    co_await xiio::sleep(d);
-    throw std::runtime_error(what);
-}
-
 /// Sleeps; records in `log` whether it finished or was cancelled.
 Task<void> sleeper(Ms d, std::string& log, char name) {
     try {

@@ -17,12 +17,6 @@ namespace {
 
 using Cmd = std::vector<std::string>;
 
-/// True if this process has no child left to reap (no zombie).
-bool no_children() {
-    errno = 0;
-    return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
-}
-
 xiio::CompletedProcess sh(const std::string& script, ProcessOptions opts = {}) {
     return run([&]() -> Task<xiio::CompletedProcess> {
         Cmd cmd{"sh", "-c", script}; // g++ 12: no braced list inside co_await

@@ -14,19 +14,9 @@ using xiio::Task;
 
 namespace {
 
-Task<int> delayed(int v, Ms d) {
-    co_await xiio::sleep(d);
-    co_return v;
-}
-
 Task<std::string> delayed_text(std::string s, Ms d) {
     co_await xiio::sleep(d);
     co_return s;
-}
-
-Task<void> fail_after(Ms d, const char* what = "boom") {
-    co_await xiio::sleep(d);
-    throw std::runtime_error(what);
 }
 
 /// Sleeps for `d`; if cancelled, its cleanup awaits `cleanup` and then sets `cleaned`.

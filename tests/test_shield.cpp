@@ -12,20 +12,6 @@
 using namespace test;
 using xiio::Task;
 
-namespace {
-
-Task<int> delayed(int v, Ms d) {
-    co_await xiio::sleep(d);
-    co_return v;
-}
-
-Task<void> fail_after(Ms d, const char* what = "boom") {
-    co_await xiio::sleep(d);
-    throw std::runtime_error(what);
-}
-
-} // namespace
-
 TEST_CASE("a shield returns its task's value") {
     auto v = run([]() -> Task<int> {
         int x = co_await xiio::shield(delayed(3, 1ms));

@@ -20,12 +20,6 @@ namespace {
 
 using Cmd = std::vector<std::string>;
 
-/// True if this process has no child left to reap (no zombie).
-bool no_children() {
-    errno = 0;
-    return ::waitpid(-1, nullptr, WNOHANG) == -1 && errno == ECHILD;
-}
-
 /// Reads `fd` to its end.
 Task<std::string> read_to_end(xiio::Fd& fd) {
     std::string got;
