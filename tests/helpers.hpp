@@ -32,6 +32,10 @@ namespace test {
 using namespace std::chrono_literals;
 using Ms = std::chrono::milliseconds;
 
+/// For the tests of the epoll backend itself (its syscalls, its faults): they run on it
+/// whatever XIIO_BACKEND says.
+inline constexpr xiio::RunOptions on_epoll{.backend = xiio::Backend::epoll};
+
 /// The open fds of this process, with what they point to.
 inline std::map<int, std::string> open_fds() {
     std::map<int, std::string> fds;
@@ -57,14 +61,14 @@ private:
 /// Runs `body()` (a coroutine returning xiio::Task) on a fresh loop, then checks that no
 /// fd leaked, also when it throws.
 template <class F>
-auto run(F body) {
+auto run(F body, xiio::RunOptions options = {}) {
     LeakCheck leaks;
     try {
         if constexpr (std::is_void_v<decltype(xiio::run(body()))>) {
-            xiio::run(body());
+            xiio::run(body(), options);
             leaks.check();
         } else {
-            auto r = xiio::run(body());
+            auto r = xiio::run(body(), options);
             leaks.check();
             return r;
         }

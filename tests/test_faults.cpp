@@ -212,7 +212,8 @@ TEST_CASE("faults: epoll_pwait2 interrupted 50 times in a row still sleeps the r
     Inject faults([n](Call c, int, std::size_t&) {
         return c == Call::epoll_pwait2 && n->fetch_add(1) < 50 ? EINTR : 0;
     });
-    assert_duration(30ms, [] { run([]() -> Task<void> { co_await xiio::sleep(30ms); }); });
+    assert_duration(30ms,
+                    [] { run([]() -> Task<void> { co_await xiio::sleep(30ms); }, on_epoll); });
     CHECK(n->load() > 50);
 }
 
@@ -230,7 +231,7 @@ TEST_CASE("faults: epoll_pwait2 failing is thrown into the tasks, runs their cle
             }
         };
         try {
-            run(body);
+            run(body, on_epoll);
             FAIL("run() returned");
         } catch (const std::system_error& e) {
             CHECK(e.code().value() == ENOMEM);
@@ -246,11 +247,13 @@ TEST_CASE("faults: without epoll_pwait2 (ENOSYS: old kernels, valgrind) epoll_wa
     auto start = xiio::Clock::now();
     auto deadline = start + std::chrono::microseconds(20'300);
     xiio::Clock::time_point woke;
-    run([&]() -> Task<void> {
-        co_await xiio::sleep_until(deadline);
-        woke = xiio::Clock::now();
-        co_await xiio::gather(xiio::sleep(5ms), xiio::sleep(10ms)); // and it keeps working
-    });
+    run(
+        [&]() -> Task<void> {
+            co_await xiio::sleep_until(deadline);
+            woke = xiio::Clock::now();
+            co_await xiio::gather(xiio::sleep(5ms), xiio::sleep(10ms)); // and it keeps working
+        },
+        on_epoll);
     CHECK(woke >= deadline); // never early
     CHECK(woke - deadline < 50ms);
     CHECK(faults.hits() == 1); // asked once per loop, then remembered
@@ -261,7 +264,7 @@ TEST_CASE("faults: without epoll_pwait2 (ENOSYS: old kernels, valgrind) epoll_wa
 TEST_CASE("faults: run() without an epoll fd throws system_error(EMFILE) and leaks nothing") {
     Inject faults(fail(Call::epoll_create, EMFILE));
     try {
-        run([]() -> Task<void> { co_return; });
+        run([]() -> Task<void> { co_return; }, on_epoll);
         FAIL("run() returned");
     } catch (const std::system_error& e) {
         CHECK(e.code().value() == EMFILE);

@@ -244,9 +244,16 @@ public:
         Loop& loop = *w_.runner->loop;
         bool attached;
         try { // what throws (fcntl, epoll_ctl, memory) leaves nothing to undo later
+            if constexpr (hands_over()) {
+                // A completion backend performs the operation itself: hand it over whole
+                // (no try first: that would cost the syscall the backend saves).
+                if (loop.completes_io())
+                    this->io = &FdOp::io_step;
+            }
             if constexpr (is_io()) {
-                blocking_ = !nonblocking(ref_, loop);
-                if (!blocking_ && attempt()) {
+                if (!this->io)
+                    blocking_ = !nonblocking(ref_, loop);
+                if (!this->io && !blocking_ && attempt()) {
                     Runner& r = *std::exchange(w_.runner, nullptr); // nothing to undo
                     return out_of_budget(r, h);
                 }
@@ -255,7 +262,8 @@ public:
             this->fd = ref_.fd;
             this->events = Ev;
             if constexpr (is_io())
-                this->perform = &FdOp::perform_ready;
+                if (!this->io)
+                    this->perform = &FdOp::perform_ready;
             w_.fds = {static_cast<FdNode*>(this), 1};
             attached = loop.attach(*this, ref_.serial);
         } catch (...) {
@@ -276,6 +284,34 @@ protected:
     // A function, not a constant: Derived is incomplete while this base is instantiated.
     static constexpr bool is_io() {
         return requires(Derived& d) { d.call(); };
+    }
+    /// Whether Derived can describe itself to a completion backend (io_call()).
+    static constexpr bool hands_over() {
+        return requires(Derived& d) { d.io_call(); };
+    }
+
+    /// FdNode::io: the next step of the operation, or its result.
+    static bool io_step(FdNode* n, IoCall* call, int res) noexcept {
+        auto* self = static_cast<Derived*>(static_cast<FdOp*>(n));
+        if (call) {
+            *call = self->io_call();
+            return true;
+        }
+        return self->io_result(res);
+    }
+    /// The result of a one-step operation: the count, or the error.
+    bool io_result(int res) noexcept {
+        if (res >= 0)
+            result_ = static_cast<std::size_t>(res);
+        else
+            err_ = -res;
+        return true;
+    }
+    static IoCall io_call_of(std::uint8_t opcode, const void* buf, std::size_t len,
+                             int flags = 0) noexcept {
+        // One step moves at most 2 GiB, as read(2) and write(2) do.
+        auto n = static_cast<std::uint32_t>(std::min<std::size_t>(len, 0x7ffff000));
+        return {opcode, const_cast<void*>(buf), n, flags};
     }
 
     /// Runs the syscall; false on EAGAIN (wait again), else the outcome is kept.
@@ -318,6 +354,7 @@ class [[nodiscard]] ReadOp : public FdOp<ReadOp, std::size_t, READ> {
 public:
     ReadOp(FdRef fd, MutableBytes buf) noexcept : FdOp(fd), buf_(buf) {}
     ssize_t call() noexcept { return sys::read(ref_.fd, buf_.data, buf_.size); }
+    IoCall io_call() const noexcept { return io_call_of(IORING_OP_READ, buf_.data, buf_.size); }
     std::size_t await_resume() { return finish("read"); }
 
 private:
@@ -338,6 +375,7 @@ public:
         return FdOp::await_suspend(h);
     }
     ssize_t call() noexcept { return sys::read(ref_.fd, buf_.data(), buf_.size()); }
+    IoCall io_call() noexcept { return io_call_of(IORING_OP_READ, buf_.data(), buf_.size()); }
     std::string await_resume() {
         buf_.resize(finish("read"));
         return std::move(buf_);
@@ -366,6 +404,9 @@ public:
         std::size_t n = this->blocking_ ? std::min<std::size_t>(size, PIPE_BUF) : size;
         return sys::write(this->ref_.fd, data_.view.data, n);
     }
+    IoCall io_call() const noexcept {
+        return this->io_call_of(IORING_OP_WRITE, data_.view.data, data_.view.size);
+    }
     std::size_t await_resume() { return this->finish("write"); }
 
 private:
@@ -393,6 +434,18 @@ public:
                 return sys::failed(EAGAIN); // the next read could block: wait for readiness
         }
         return static_cast<ssize_t>(got_);
+    }
+    IoCall io_call() const noexcept {
+        return io_call_of(IORING_OP_READ, buf_.data + got_, buf_.size - got_);
+    }
+    bool io_result(int res) noexcept {
+        if (res <= 0) {
+            eof_ = res == 0;
+            err_ = -res;
+            return true;
+        }
+        got_ += static_cast<std::size_t>(res);
+        return got_ == buf_.size;
     }
     void await_resume() {
         finish("read");
@@ -436,6 +489,19 @@ public:
                 return sys::failed(EAGAIN);
         }
         return static_cast<ssize_t>(done_);
+    }
+    IoCall io_call() const noexcept {
+        const ConstBytes& d = data_.view;
+        return this->io_call_of(send_ ? IORING_OP_SEND : IORING_OP_WRITE, d.data + done_,
+                                d.size - done_, send_ ? MSG_NOSIGNAL : 0);
+    }
+    bool io_result(int res) noexcept {
+        if (res < 0) {
+            this->err_ = -res;
+            return true;
+        }
+        done_ += static_cast<std::size_t>(res);
+        return done_ == data_.view.size || res == 0;
     }
     void await_resume() { this->finish(send_ ? "send" : "write"); }
 

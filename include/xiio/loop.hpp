@@ -1,6 +1,7 @@
 #pragma once
-// The loop: a ready queue, a timer heap and a table of fd waiters in front of a Poller
-// (epoll by default). Users never touch it; awaitables register `Wait`s with it.
+// The loop: a ready queue, a timer heap and runners in front of a backend that owns the
+// fds (detail/epoll.hpp, detail/io_uring.hpp). Users never touch it; awaitables register
+// `Wait`s with it.
 //
 // Vocabulary (see docs/design.md for a walk through one iteration):
 // - A Runner is what the original calls a Task: the unit the loop schedules. It runs one chain
@@ -15,8 +16,9 @@
 //   if it is suspended, else kept pending for its next co_await.
 
 #include <xiio/detail/accounting.hpp>
+#include <xiio/detail/epoll.hpp>
+#include <xiio/detail/io_uring.hpp>
 #include <xiio/detail/loop_registry.hpp>
-#include <xiio/detail/poller.hpp>
 #include <xiio/detail/remote_queue.hpp>
 #include <xiio/detail/std_parts.hpp>
 #include <xiio/errors.hpp>
@@ -26,6 +28,7 @@
 #include <coroutine>
 #include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <map>
@@ -33,6 +36,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -47,139 +51,36 @@ namespace xiio {
 /// fd -> READ|WRITE mask.
 using Files = std::map<int, unsigned>;
 
+/// How a loop talks to the kernel (RunOptions::backend). `automatic`: the XIIO_BACKEND
+/// environment variable (`epoll` or `io_uring`) if set, else epoll (io_uring is not yet
+/// faster on every workload; see the README).
+enum class Backend { automatic, epoll, io_uring };
+
 namespace detail {
 
-class Loop;
-struct Wait;
+/// Whether `automatic` tries io_uring first (and falls back to epoll where the kernel or
+/// a sandbox refuses it). Off until io_uring is faster everywhere; tests turn it on.
+inline std::atomic<bool>& automatic_prefers_io_uring() noexcept {
+    static std::atomic<bool> prefer{false};
+    return prefer;
+}
 
-/// A unit of scheduling (the original's Task): runs one chain of awaiting coroutine frames.
-struct Runner {
-    explicit Runner(Loop& l) noexcept;
-    Runner(const Runner&) = delete;
-    Runner& operator=(const Runner&) = delete;
-    virtual ~Runner() {
-        retire();
-        count(Counter::runners, -1);
-    }
-    /// Called once the outermost frame reached its final suspend point (from inside it:
-    /// the frame must not be destroyed here, see Loop::bury).
-    virtual void finished() noexcept {}
-    /// Called instead of starting a runner that got an exception before it ever ran.
-    virtual void abandon() noexcept {}
-    /// After Loop::bury(): destroy the finished frame now. May destroy the runner.
-    virtual void buried() noexcept {}
-    /// Leaves the loop's list of live runners (a finished member may outlive the loop).
-    void retire() noexcept;
-
-    Loop* loop;
-    std::coroutine_handle<> resume_; // where the loop continues this runner
-    Wait* wait_ = nullptr;           // the leaf it is suspended in, while not yet woken
-    std::exception_ptr pending_;     // thrown at its next co_await (thrown in while running)
-    Runner* next_ready_ = nullptr;
-    /// Awaits it may still complete without suspending before it must yield (see
-    /// out_of_budget in core.hpp); refilled whenever the loop resumes it.
-    static constexpr std::uint8_t budget = 128;
-    std::uint8_t budget_ = budget;
-    bool queued_ = false;
-    bool started_ = true; // group members start false: never run if cancelled first
-    // The next fields fill what would be padding: a group member lives in front of its
-    // frame, in room every frame reserves (see task.hpp), so its size is every frame's.
-    bool root_ : 1 = false;              // in the loop's roots (else a group's member)
-    bool member_done_ : 1 = false;       // a member: finished by value, error or cancellation
-    bool member_cancelled_ : 1 = false;  // a member: ended by a CancelledError
-    bool member_has_frame_ : 1 = false;  // a member: its frame is not yet released
-    std::atomic<std::uint32_t> refs_{0}; // a member: running (1) + its TaskHandles
-    Runner* prev_sibling_ = nullptr;     // the loop's roots, or the group's members
-    Runner* next_sibling_ = nullptr;
-};
-
-/// Runners linked through their sibling links: the loop's roots, the members of a group.
-/// A group's list is known to the loop (Loop::add_members), so a failure reaches every
-/// runner.
-struct RunnerList {
-    Runner* head = nullptr;
-    Runner* tail = nullptr;
-    RunnerList* prev = nullptr; // the loop's lists of members
-    RunnerList* next = nullptr;
-
-    void push_back(Runner& r) noexcept {
-        r.prev_sibling_ = tail;
-        r.next_sibling_ = nullptr;
-        (tail ? tail->next_sibling_ : head) = &r;
-        tail = &r;
-    }
-    void erase(Runner& r) noexcept {
-        (r.prev_sibling_ ? r.prev_sibling_->next_sibling_ : head) = r.next_sibling_;
-        (r.next_sibling_ ? r.next_sibling_->prev_sibling_ : tail) = r.prev_sibling_;
-        r.prev_sibling_ = r.next_sibling_ = nullptr;
-    }
-};
-
-/// A waiter on one fd, linked into that fd's entry in the loop.
-struct FdNode {
-    Wait* wait = nullptr;
-    int fd = -1;
-    unsigned events = 0; // wanted
-    unsigned ready = 0;  // reported
-    bool attached = false;
-    bool tallied = false; // counted among the woken waiters of its entry
-    /// Optional: tries the I/O once the fd is reported ready, so that spurious readiness
-    /// (EAGAIN after all) keeps the task waiting instead of waking it. True = done.
-    bool (*perform)(FdNode*) = nullptr;
-    FdNode* prev = nullptr;
-    FdNode* next = nullptr;
-};
-
-struct FutureNode;
-
-/// The waiters of one future (intrusive, FIFO). Circular through the nodes, so the list
-/// itself is one pointer (it is part of every group member, see FrameRoom).
-struct WaiterList {
-    FutureNode* last = nullptr; // last->next is the first
-    FutureNode* first() const noexcept;
-    FutureNode* after(const FutureNode* n) const noexcept; // null after the last
-    void push(FutureNode& n) noexcept;
-    void unlink(FutureNode& n) noexcept;
-};
-
-struct FutureNode {
-    Wait* wait = nullptr;
-    WaiterList* list = nullptr; // null once detached or once the future died
-    bool reads_value = false;   // resumes reading the future (not just its doneness)
-    FutureNode* prev = nullptr;
-    FutureNode* next = nullptr;
-};
-
-/// A leaf's registration: deadline + fd nodes + future nodes, owned by the awaitable.
-struct Wait {
-    static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
-
-    Runner* runner = nullptr;
-    std::exception_ptr error; // thrown at await_resume instead of the result
-    bool woken = false;
-    Clock::time_point deadline = Clock::time_point::max();
-    std::uint64_t seq = 0;
-    std::size_t heap_index = npos;
-    bool transient_fds = false; // a node of it waits on an fd no Fd owns (see Loop::tally)
-    std::span<FdNode> fds;
-    std::span<FutureNode> futures;
-    /// Set by waits that must not simply be woken when an exception is thrown in (a task
-    /// group's join forwards it to its members instead).
-    void (*interrupt)(Wait*, std::exception_ptr) = nullptr;
-    /// Set, when they suspend, by waits that registered nothing the loop could name (a
-    /// group's join, a sync primitive, a job on a thread): appends what the wait is for to
-    /// the text of xiio::dump_tasks(). Only read by it.
-    void (*describe)(const Wait&, std::string&) = nullptr;
-};
-
-/// What an Fd knows of its registration, which lives in the loop's table (Loop::claim).
-/// Plain values, no pointers either way: an Fd can be moved, or outlive its loop, or be
-/// closed on another thread, without the loop ever writing into it or it into the loop.
-struct FdState {
-    std::uint64_t loop = 0;   // id of the loop that owns a registration of it, 0 if none
-    std::uint64_t serial = 0; // that registration (never reused: a stale one never matches)
-    bool nonblocking = false; // known O_NONBLOCK (a socket, or claimed): no fcntl needed
-};
+/// The backend `b` stands for: `automatic` resolved through XIIO_BACKEND. Throws
+/// std::invalid_argument for another value of XIIO_BACKEND.
+inline Backend resolve_backend(Backend b) {
+    if (b != Backend::automatic)
+        return b;
+    const char* env = std::getenv("XIIO_BACKEND");
+    if (!env || !*env)
+        return Backend::automatic;
+    std::string_view v = env;
+    if (v == "epoll")
+        return Backend::epoll;
+    if (v == "io_uring")
+        return Backend::io_uring;
+    throw std::invalid_argument("XIIO_BACKEND: \"" + std::string(v) +
+                                "\" is neither epoll nor io_uring");
+}
 
 inline bool disown(int fd, FdState& s, bool close) noexcept;
 
@@ -210,8 +111,33 @@ inline std::string (*&task_dumper() noexcept)(const Loop&) {
 
 class Loop {
 public:
-    explicit Loop(std::unique_ptr<Poller> poller) : poller_(std::move(poller)) {
+    /// A loop on the readiness backend over `poller` (epoll, a host's, a test's double).
+    explicit Loop(std::unique_ptr<Poller> poller) {
         prebuilt_errors(); // before any noexcept path needs one
+        auto b = std::make_unique<EpollBackend>(*this, std::move(poller));
+        epoll_ = b.get();
+        backend_ = std::move(b);
+    }
+    /// A loop on backend `b` (see Backend; a test's poller_factory() wins). Throws
+    /// std::system_error where io_uring was asked for (explicitly or by XIIO_BACKEND) and
+    /// is refused, std::invalid_argument for a bad XIIO_BACKEND.
+    explicit Loop(Backend b, IoUringParams params = {}) {
+        prebuilt_errors();
+        b = poller_factory() ? Backend::epoll : resolve_backend(b);
+        if (b == Backend::automatic && automatic_prefers_io_uring()) {
+            try {
+                backend_ = std::make_unique<IoUringBackend>(*this, params);
+                return;
+            } catch (const std::system_error&) { // ENOSYS, EPERM (seccomp), EACCES, ...
+            }
+        }
+        if (b == Backend::io_uring) {
+            backend_ = std::make_unique<IoUringBackend>(*this, params);
+            return;
+        }
+        auto e = std::make_unique<EpollBackend>(*this, make_poller());
+        epoll_ = e.get();
+        backend_ = std::move(e);
     }
     Loop(const Loop&) = delete;
     Loop& operator=(const Loop&) = delete;
@@ -221,18 +147,13 @@ public:
             LoopRegistry::remove(record_);
         }
         if (remote_) {
+            backend_->remove_wakeup(); // before its eventfd is closed
             take_orphans();
             for (RemoteNode* n = remote_->close(); n;) // dropped here, on the loop's thread
                 std::exchange(n, n->next_remote)->remote_done(false);
             count(Counter::registrations, -1);
         }
         flush_graveyard();
-        for (auto& e : fds_) {
-            // An Fd that outlives the loop loses its registration with the epoll fd; one
-            // that still has waiters, or a transient one, stays counted: that is a leak.
-            if (e.registered && e.serial && !e.head)
-                count(Counter::registrations, -1);
-        }
     }
 
     /// Never reused, unlike the address: what an Fd remembers of the loop it is
@@ -271,9 +192,11 @@ public:
     void wake(Wait& w) noexcept {
         if (w.woken)
             return;
+        if (w.in_flight) [[unlikely]]   // the kernel may still write its buffer: stop it first
+            return backend_->cancel(w); // and wake it when that completes
         w.woken = true;
         if (w.transient_fds) [[unlikely]]
-            count_woken(w);
+            epoll_->count_woken(w);
         if (w.runner->wait_ == &w)
             w.runner->wait_ = nullptr;
         schedule(w.runner);
@@ -320,7 +243,7 @@ public:
             remove_timer(w);
         for (auto& n : w.fds)
             if (n.attached)
-                detach_fd(n);
+                epoll_ ? epoll_->detach(n) : backend_->detach(n);
         for (auto& n : w.futures)
             if (n.list)
                 n.list->unlink(n);
@@ -376,104 +299,42 @@ public:
             disown(fd, s, false);
             s.nonblocking = true; // made so above, or before; disown() cleared it
         }
-        if (remote_ && remote_->orphaned()) // a number closed elsewhere may be reused now
-            take_orphans();
-        const auto i = static_cast<std::size_t>(fd);
-        if (i >= fds_size_)
-            grow_fds(i);
-        if (fds_[i].serial)
+        take_orphans_if_any(); // a number closed elsewhere may be reused now
+        if (backend_->claimed(fd))
             throw std::logic_error("xiio: two Fds own fd " + std::to_string(fd));
         enlist();
         remote_->reserve_orphans(owned_ + 1);
-        FdEntry& e = fds_[i];
-        e.serial = next_serial();
+        const std::uint64_t serial = next_serial();
+        backend_->claim(fd, serial);
         ++owned_;
         s.loop = id_;
-        s.serial = e.serial;
+        s.serial = serial;
     }
 
     /// Whether an Fd of this loop claimed number `fd`: it is O_NONBLOCK (claim made it so),
     /// even where a plain int names it (`read_exactly(socket.fd(), buf)`).
     bool claimed(int fd) noexcept {
-        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_size_)
-            return false;
-        if (remote_ && remote_->orphaned()) // closed elsewhere: the number may be reused
-            take_orphans();
-        return fds_[static_cast<std::size_t>(fd)].serial != 0;
+        take_orphans_if_any(); // closed elsewhere: the number may be reused
+        return backend_->claimed(fd);
     }
 
-    /// Adds `n` to the waiters of n.fd. `serial` (from FdRef, 0 for a plain int) names an
-    /// Fd's registration claimed here: it lasts as long as the Fd. Any other serial (the
-    /// Fd was closed meanwhile, or claimed by another loop) makes a transient wait, as
-    /// for an int. Returns false if the fd cannot be watched (a regular file): it counts
-    /// as ready at once, `n` is not attached. Throws std::system_error.
+    /// Starts `n`: a wait for its fd's readiness, or its operation (io_uring). `serial`
+    /// (from FdRef, 0 for a plain int) names an Fd's registration claimed here: it lasts
+    /// as long as the Fd. Returns false if the fd cannot be watched (a regular file under
+    /// epoll): it counts as ready at once, `n` is not attached. Throws std::system_error.
     bool attach(FdNode& n, std::uint64_t serial) {
-        if (serial && static_cast<std::size_t>(n.fd) < fds_size_) { // the fast path
-            FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-            if (e.serial == serial && (e.armed & n.events) == n.events) {
-                link(e, n);
-                return true;
-            }
-        }
-        if (n.fd < 0)
-            throw_errno("epoll_ctl", EBADF);
-        if (remote_ && remote_->orphaned()) // before trusting an entry: see claim
-            take_orphans();
-        if (static_cast<std::size_t>(n.fd) >= fds_size_)
-            grow_fds(static_cast<std::size_t>(n.fd));
-        FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-        const bool owned = e.serial != 0; // by this Fd, or by another: then shared
-        // An owned registration is kept for the Fd's life; one made transiently before
-        // the Fd's first wait (an int wait on the same number) turns level-triggered.
-        const bool convert = owned && e.registered && e.oneshot;
-        int err = 0;
-        unsigned want = owned ? n.events : (wanted(e) | n.events);
-        if (!e.registered) {
-            err = poller_->add(n.fd, want, !owned);
-            if (!err) {
-                e.registered = true;
-                e.oneshot = !owned;
-                count(Counter::registrations, 1);
-                e.armed = want;
-            }
-        } else if (convert || (owned ? (want & ~e.armed) != 0 : want != e.armed)) {
-            // Converting: transient waiters attached before want what they wanted.
-            unsigned arm = owned ? (e.armed | want | (convert ? wanted(e) : 0u)) : want;
-            err = poller_->modify(n.fd, arm, !owned);
-            if (!err) {
-                e.armed = arm;
-                e.oneshot = !owned;
-            }
-        }
-        if (err == EPERM) // epoll refuses regular files: always ready
-            return false;
-        if (err)
-            throw_errno("epoll_ctl", err);
-        link(e, n); // last: nothing above is to be undone if it throws
-        return true;
+        return epoll_ ? epoll_->attach(n, serial) : backend_->attach(n, serial);
     }
+
+    /// Whether the backend performs operations itself (io_uring): an awaitable then hands
+    /// them over whole instead of trying the syscall first.
+    bool completes_io() const noexcept { return backend_->completes_io; }
 
     /// The Fd that claimed registration `serial` of `fd` is closed or released: drop the
     /// registration, fail its waiters. Nothing if that registration is gone already.
     void forget(int fd, std::uint64_t serial) noexcept {
-        if (fd < 0 || static_cast<std::size_t>(fd) >= fds_size_)
-            return;
-        FdEntry& e = fds_[static_cast<std::size_t>(fd)];
-        if (e.serial != serial)
-            return;
-        for (FdNode* n = e.head; n; n = n->next) {
-            n->attached = false;
-            --fd_waiters_;
-            if (!n->wait->error)
-                n->wait->error = prebuilt_errors().closed; // cannot fail: see PrebuiltErrors
-            wake(*n->wait);
-        }
-        if (e.registered) {
-            poller_->remove(fd);
-            count(Counter::registrations, -1);
-        }
-        --owned_;
-        e = FdEntry{};
+        if (backend_->forget(fd, serial))
+            --owned_;
     }
 
     /// An Fd closed on another thread than this loop's: the loop drops the registration
@@ -527,17 +388,22 @@ public:
     /// can wake a task. Reports a deadlock (nothing can ever wake a task) as a failure,
     /// which makes runners ready.
     Clock::time_point next_deadline() noexcept {
-        if (!ready_size_ && heap_.empty() && fd_waiters_ == 0 && keepalive_ == 0)
+        if (!ready_size_ && heap_.empty() && backend_->fd_waiters == 0 && keepalive_ == 0)
             report_deadlock();
         if (ready_size_)
             return Clock::time_point::min();
         return heap_.empty() ? Clock::time_point::max() : heap_.front()->deadline;
     }
 
-    /// Wakes the waiters of the fds reported ready, then fires the due timers.
+    /// Wakes the waiters of the fds a host reported ready (readiness backend only), then
+    /// fires the due timers.
     void deliver(const std::vector<PollEvent>& events) noexcept {
-        for (const auto& ev : events)
-            dispatch(ev);
+        epoll_->deliver(events);
+        fire_timers();
+    }
+
+    /// Wakes the waits whose deadline passed.
+    void fire_timers() noexcept {
         if (!heap_.empty()) {
             auto now = Clock::now();
             while (!heap_.empty() && heap_.front()->deadline <= now) {
@@ -617,163 +483,8 @@ public:
     }
 
 private:
-    struct FdEntry {
-        FdNode* head = nullptr;
-        std::uint64_t serial = 0; // an Fd claimed it (Loop::claim): kept, level-triggered
-        unsigned armed = 0;       // events enabled in the poller
-        bool registered = false;  // in the poller's interest list
-        bool oneshot = false;     // registered one-shot (transient), not level-triggered
-        // For a transient registration (no owner): attached waiters per direction, and how
-        // many of them belong to woken waits. Its interest must then be recomputed on every
-        // attach and detach, and must not cost a walk over its waiters, whose number the
-        // user controls (n tasks each waiting on its own pipe and one shared "stop" pipe).
-        // An owned entry needs no counts: its interest only widens on attach, and is
-        // narrowed in dispatch, which walks the waiters it wakes anyway.
-        std::uint32_t readers = 0, writers = 0;
-        std::uint32_t woken_readers = 0, woken_writers = 0;
-    };
-
-    /// Room for entry `i`. Throws std::bad_alloc (then nothing changed).
-    void grow_fds(std::size_t i) {
-        fds_.resize(i + 1);
-        fds_size_ = fds_.size();
-    }
-
-    static void tally(FdEntry& e, unsigned events, int attached, int woken) noexcept {
-        if (events & READ) {
-            e.readers += static_cast<std::uint32_t>(attached);
-            e.woken_readers += static_cast<std::uint32_t>(woken);
-        }
-        if (events & WRITE) {
-            e.writers += static_cast<std::uint32_t>(attached);
-            e.woken_writers += static_cast<std::uint32_t>(woken);
-        }
-    }
-
-    // Transient registrations (plain int fds) are one-shot and removed when their last
-    // waiter leaves: the user may close the fd and reuse its number at any time, and a
-    // registration kept in epoll for a closed file (still open through a dup) would report
-    // stale events for the new file. One-shot bounds that to one spurious wakeup.
-    // An Fd's registration is level-triggered and kept; interest is only narrowed when an
-    // event nobody waits for arrives (so a steady reader or writer costs no epoll_ctl).
-
-    /// `w` was woken: its nodes on transient entries stop counting as wanted interest.
-    [[gnu::noinline]] void count_woken(Wait& w) noexcept {
-        for (auto& n : w.fds) {
-            FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-            if (n.attached && !e.serial) {
-                tally(e, n.events, 0, 1);
-                n.tallied = true;
-            }
-        }
-    }
-
-    /// What the waiters of `e` that were not woken yet want.
-    static unsigned wanted(const FdEntry& e) noexcept {
-        return (e.readers > e.woken_readers ? READ : 0u) |
-               (e.writers > e.woken_writers ? WRITE : 0u);
-    }
-
-    /// What every attached waiter of `e` wants, woken or not (walks them: see dispatch).
-    static unsigned attached_events(const FdEntry& e) noexcept {
-        unsigned w = 0;
-        for (FdNode* n = e.head; n; n = n->next)
-            w |= n->events;
-        return w;
-    }
-
-    void link(FdEntry& e, FdNode& n) noexcept {
-        n.ready = 0;
-        n.next = e.head;
-        n.prev = nullptr;
-        if (e.head)
-            e.head->prev = &n;
-        e.head = &n;
-        n.attached = true;
-        n.tallied = false; // a wait is attached before it can be woken
-        if (!e.serial) {
-            tally(e, n.events, 1, 0);
-            n.wait->transient_fds = true;
-        }
-        ++fd_waiters_;
-    }
-
-    void unlink(FdEntry& e, FdNode& n) noexcept {
-        (n.prev ? n.prev->next : e.head) = n.next;
-        if (n.next)
-            n.next->prev = n.prev;
-        n.prev = n.next = nullptr;
-        n.attached = false;
-        if (!e.serial)
-            tally(e, n.events, -1, n.tallied ? -1 : 0);
-        --fd_waiters_;
-    }
-
-    void detach_fd(FdNode& n) noexcept {
-        FdEntry& e = fds_[static_cast<std::size_t>(n.fd)];
-        unlink(e, n);
-        if (e.serial)
-            return;
-        if (!e.head) {
-            poller_->remove(n.fd);
-            e.registered = false;
-            e.armed = 0;
-            count(Counter::registrations, -1);
-        } else {
-            rearm(n.fd, e);
-        }
-    }
-
-    void rearm(int fd, FdEntry& e) noexcept {
-        unsigned want = wanted(e);
-        if (want != e.armed && poller_->modify(fd, want, true) == 0)
-            e.armed = want;
-    }
-
-    void dispatch(const PollEvent& ev) noexcept { // remote callbacks must not throw
-        FdEntry* ep = ev.fd >= 0 && static_cast<std::size_t>(ev.fd) < fds_size_
-                          ? &fds_[static_cast<std::size_t>(ev.fd)]
-                          : nullptr;
-        if (!ep || !ep->registered) { // the wake-up eventfd is not in the table
-            if (remote_ && ev.fd == remote_->fd())
-                run_remote();
-            return; // else a stale one-shot report for a number we no longer watch
-        }
-        FdEntry& e = *ep;
-        if (e.oneshot)
-            e.armed = 0; // one-shot: disarmed by this report
-        for (FdNode* n = e.head; n; n = n->next) {
-            unsigned hit = n->events & ev.events;
-            if (!hit)
-                continue;
-            if (n->wait->woken) { // e.g. a Condition: collect every fd ready in this poll
-                if (!n->perform)
-                    n->ready |= hit;
-                continue;
-            }
-            n->ready |= hit;
-            if (!n->perform || n->perform(n))
-                wake(*n->wait);
-        }
-        if (!e.serial) {
-            rearm(ev.fd, e);
-        } else if (!e.head) {
-            // Nobody waits: drop the registration rather than narrow it, since hang-ups
-            // are reported whatever the interest and would spin the loop.
-            poller_->remove(ev.fd);
-            e.registered = false;
-            e.armed = 0;
-            count(Counter::registrations, -1);
-        } else if (unsigned want = attached_events(e); ev.events & ~want & e.armed) {
-            // Narrow to what attached waiters want, including those this very event woke
-            // (they detach when they resume): a lone reader woken here must not cost a
-            // MOD now and another when it waits again.
-            if (poller_->modify(ev.fd, want, false) == 0) {
-                e.armed = want;
-                e.oneshot = false;
-            }
-        }
-    }
+    friend void run_remote(Loop&) noexcept;
+    friend void take_orphans(Loop&) noexcept;
 
     void poll() {
         Clock::time_point deadline = next_deadline();
@@ -785,22 +496,19 @@ private:
             if (!may_sleep)
                 deadline = Clock::time_point::min(); // completions are queued: do not block
         }
-        events_.clear();
-        // Work is ready and no task waits for an fd: asking epoll could not wake anybody.
-        if (deadline != Clock::time_point::min() || fd_waiters_ != 0) {
-            try {
-                poller_->wait(deadline, events_);
-            } catch (...) {
-                if (may_sleep)
-                    remote_->awake();
-                return fail_all(std::current_exception());
-            }
+        try {
+            backend_->wait(deadline);
+        } catch (...) {
+            if (may_sleep)
+                remote_->awake();
+            return fail_all(std::current_exception());
         }
         if (may_sleep)
             remote_->awake();
         if (remote_ && remote_->pending()) // posted while awake: nothing was written
             run_remote();
-        deliver(events_);
+        backend_->deliver();
+        fire_timers();
     }
 
     /// A job was just handed to another thread and nothing else is ready: a short job
@@ -825,6 +533,12 @@ private:
             std::exchange(n, n->next_remote)->remote_done(true); // may destroy n
     }
 
+    /// take_orphans() if some were posted.
+    void take_orphans_if_any() noexcept {
+        if (remote_ && remote_->orphaned())
+            take_orphans();
+    }
+
     /// Fds closed or released on other threads: forget them, close those closed.
     void take_orphans() noexcept {
         remote_->take_orphans([this](const Orphan& o) {
@@ -838,10 +552,7 @@ private:
         if (remote_)
             return;
         auto q = std::make_shared<RemoteQueue>();
-        remote_edge_ = poller_->add_wakeup(q->fd());
-        if (!remote_edge_)
-            if (int err = poller_->add(q->fd(), READ, false))
-                throw_errno("epoll_ctl", err);
+        remote_edge_ = backend_->add_wakeup(q->fd());
         count(Counter::registrations, 1);
         remote_ = std::move(q);
     }
@@ -933,17 +644,14 @@ private:
         place(i, w);
     }
 
-    std::unique_ptr<Poller> poller_;
-    std::coroutine_handle<> next_; // the trampoline's slot (resume/resume_next)
+    std::unique_ptr<IoBackend> backend_;
+    EpollBackend* epoll_ = nullptr; // backend_, if it is the readiness one (calls inlined)
+    std::coroutine_handle<> next_;  // the trampoline's slot (resume/resume_next)
     Runner* ready_head_ = nullptr;
     Runner* ready_tail_ = nullptr;
     std::size_t ready_size_ = 0;
     std::vector<Wait*> heap_;
     std::uint64_t timer_seq_ = 0;
-    std::vector<FdEntry> fds_;
-    std::size_t fds_size_ = 0; // fds_.size(), kept: computing it divides by sizeof(FdEntry)
-    std::vector<PollEvent> events_;
-    std::size_t fd_waiters_ = 0;
     int keepalive_ = 0;
     RunnerList roots_;                   // run()'s root, a host's
     RunnerList* member_lists_ = nullptr; // of the groups
@@ -957,6 +665,16 @@ private:
     LoopRecord record_;     // in the registry once an Fd was claimed (record_.loop set)
     std::size_t owned_ = 0; // entries claimed by Fds: the orphans the remote queue can hold
 };
+
+inline void wake(Loop& loop, Wait& w) noexcept {
+    loop.wake(w);
+}
+inline void run_remote(Loop& loop) noexcept {
+    loop.run_remote();
+}
+inline void take_orphans(Loop& loop) noexcept {
+    loop.take_orphans_if_any();
+}
 
 inline Loop* set_current_loop(Loop* l) noexcept {
     current_loop_id() = l ? l->id() : 0;
@@ -1001,37 +719,6 @@ inline void Runner::retire() noexcept {
     if (queued_) // only when a loop is torn down with tasks still queued
         loop->unschedule(*this);
     std::exchange(loop, nullptr)->unlink(*this);
-}
-
-inline FutureNode* WaiterList::first() const noexcept {
-    return last ? last->next : nullptr;
-}
-inline FutureNode* WaiterList::after(const FutureNode* n) const noexcept {
-    return n == last ? nullptr : n->next;
-}
-inline void WaiterList::push(FutureNode& n) noexcept {
-    n.list = this;
-    if (!last) {
-        n.prev = n.next = &n;
-    } else {
-        n.prev = last;
-        n.next = last->next;
-        last->next->prev = &n;
-        last->next = &n;
-    }
-    last = &n;
-}
-inline void WaiterList::unlink(FutureNode& n) noexcept {
-    if (n.next == &n) {
-        last = nullptr;
-    } else {
-        n.prev->next = n.next;
-        n.next->prev = n.prev;
-        if (last == &n)
-            last = n.prev;
-    }
-    n.prev = n.next = nullptr;
-    n.list = nullptr;
 }
 
 /// Blocks SIGPIPE in the loop's thread while run() drives it, so that a write to a pipe

@@ -70,6 +70,7 @@ class [[nodiscard]] RecvOp : public FdOp<RecvOp, std::size_t, READ> {
 public:
     RecvOp(FdRef fd, std::span<char> buf) noexcept : FdOp(fd), buf_(buf) {}
     ssize_t call() noexcept { return sys::recv(ref_.fd, buf_.data(), buf_.size(), 0); }
+    IoCall io_call() const noexcept { return io_call_of(IORING_OP_RECV, buf_.data(), buf_.size()); }
     std::size_t await_resume() { return finish("recv"); }
 
 private:
@@ -90,6 +91,9 @@ public:
         : Base(fd), data_(std::move(data)) {}
     ssize_t call() noexcept {
         return sys::send(this->ref_.fd, data_.view.data, data_.view.size, MSG_NOSIGNAL);
+    }
+    IoCall io_call() const noexcept {
+        return this->io_call_of(IORING_OP_SEND, data_.view.data, data_.view.size, MSG_NOSIGNAL);
     }
     std::size_t await_resume() { return this->finish("send"); }
 

@@ -368,15 +368,22 @@ struct CurrentLoop {
 
 } // namespace detail
 
+/// How run() drives its loop.
+struct RunOptions {
+    Backend backend = Backend::automatic;
+};
+
 /// Drives a new loop on this thread until `task` finished; returns its value or rethrows
 /// its exception. If the loop's waiting step failed, that error is rethrown (after every
 /// task was unwound), even if tasks caught it. Throws std::logic_error inside a running
-/// loop of the same thread (co_await the task instead).
+/// loop of the same thread (co_await the task instead); std::system_error if
+/// Backend::io_uring (or XIIO_BACKEND=io_uring) is asked for where the kernel refuses it,
+/// std::invalid_argument for another value of XIIO_BACKEND.
 template <class T>
-T run(Task<T> task) {
+T run(Task<T> task, RunOptions options = {}) {
     if (detail::current_loop())
         throw std::logic_error("xiio::run: a loop is already running on this thread");
-    detail::Loop loop(detail::make_poller());
+    detail::Loop loop(options.backend);
     detail::CurrentLoop current(loop);
     detail::SigpipeGuard sigpipe(loop);
     detail::RootRunner<T> root(loop, std::move(task), "xiio::run");
@@ -387,8 +394,8 @@ T run(Task<T> task) {
 /// run() for a light awaitable (`run(sleep(1s))`).
 template <detail::Wrappable A>
     requires(!detail::is_task<std::remove_cvref_t<A>>::value)
-auto run(A&& a) {
-    return run(detail::as_task(std::forward<A>(a)));
+auto run(A&& a, RunOptions options = {}) {
+    return run(detail::as_task(std::forward<A>(a)), options);
 }
 
 } // namespace xiio

@@ -5,6 +5,7 @@
 
 #include <xiio/detail/std_parts.hpp>
 #include <xiio/detail/sys.hpp>
+#include <xiio/detail/wait.hpp>
 #include <xiio/errors.hpp>
 
 #include <limits>
@@ -15,12 +16,6 @@
 #include <unistd.h>
 
 namespace xiio {
-
-using Clock = std::chrono::steady_clock;
-
-/// Readiness an fd can be waited for; unscoped so that READ | WRITE is a plain mask.
-enum Events : unsigned { READ = 1, WRITE = 2 };
-
 namespace detail {
 
 struct PollEvent {

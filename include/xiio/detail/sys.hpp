@@ -45,6 +45,8 @@ enum class Call {
     socket,
     spawn,
     getaddrinfo,
+    io_uring_setup,
+    io_uring_enter,
 };
 
 #ifdef XIIO_SYSCALL_SEAM
@@ -169,6 +171,22 @@ inline int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_acti
     if (int e = fault(Call::spawn, -1, none))
         return e;
     return ::posix_spawn(pid, path, fa, attr, argv, envp);
+}
+/// io_uring_setup(2), by number (glibc has no wrapper). `params` is struct io_uring_params.
+inline int io_uring_setup(unsigned entries, void* params) noexcept {
+    std::size_t none = 0;
+    if (int e = fault(Call::io_uring_setup, -1, none))
+        return failed(e);
+    return static_cast<int>(::syscall(SYS_io_uring_setup, entries, params));
+}
+/// io_uring_enter(2) with an extended argument (`arg`, `argsz`).
+inline int io_uring_enter(int ring, unsigned to_submit, unsigned min_complete, unsigned flags,
+                          const void* arg, std::size_t argsz) noexcept {
+    std::size_t none = 0;
+    if (int e = fault(Call::io_uring_enter, ring, none))
+        return failed(e);
+    return static_cast<int>(
+        ::syscall(SYS_io_uring_enter, ring, to_submit, min_complete, flags, arg, argsz));
 }
 /// getaddrinfo reports its error as the result (EAI_*): an injected errno e becomes
 /// EAI_SYSTEM with errno e. Called on a thread of the pool, which an Injector may hold
