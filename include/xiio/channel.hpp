@@ -213,7 +213,10 @@ public:
         std::unique_lock lock(s.mutex);
         if (static_cast<Derived*>(this)->try_now()) {
             lock.unlock();
-            return out_of_budget(*w_.runner, h); // takes what it got when it resumes
+            // Nothing was registered: await_resume has no wait to end (end_wait returns at
+            // once without a runner), which spares the fast path the loop's detach().
+            Runner& r = *std::exchange(w_.runner, nullptr);
+            return out_of_budget(r, h); // takes what it got when it resumes
         }
         try {
             node_.queue = loop.remote().get(); // allocates once per loop, may throw
