@@ -250,7 +250,7 @@ protected:
 
     /// On the waiter's thread, while it waits, for an exception thrown in (a cancellation,
     /// a loop failure). See the top of this file.
-    static void interrupt(Wait* w, std::exception_ptr e) {
+    static void interrupt(Wait* w, std::exception_ptr e) noexcept {
         auto* self = static_cast<Derived*>(static_cast<ChannelWait*>(w)->owner);
         ChannelNode& n = self->node_;
         std::unique_lock lock(self->keep_->mutex);
