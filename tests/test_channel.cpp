@@ -539,6 +539,23 @@ TEST_CASE("two producer loops and two consumer loops share a channel: every valu
     CHECK(std::count(seen.begin(), seen.end(), 1) == static_cast<long>(seen.size()));
 }
 
+TEST_CASE("a channel moves move-only values between loops", "[channel]") {
+    xiio::Channel<std::unique_ptr<int>> ch(2);
+    long sum = 0;
+    OnThread consumer([&]() -> Task<void> {
+        while (auto p = co_await ch.get())
+            sum += **p;
+    });
+    OnThread producer([&]() -> Task<void> {
+        for (int i = 1; i <= 1000; ++i)
+            co_await ch.put(std::make_unique<int>(i));
+        ch.close();
+    });
+    producer.join();
+    consumer.join();
+    CHECK(sum == 1000 * 1001 / 2);
+}
+
 TEST_CASE("every channel awaitable can be run and added as a task", "[channel]") {
     xiio::Channel<int> ch(1);
     xiio::run(ch.put(3));
