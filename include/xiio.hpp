@@ -16,6 +16,7 @@
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
 //   xiio/sync.hpp     Event, Semaphore, Lock, Queue, ClosedError
+//   xiio/channel.hpp  Channel: a bounded queue between loops on threads
 //   xiio/dump.hpp     dump_tasks
 //   xiio/address.hpp  Address
 //   xiio/net.hpp      Socket, Listener, resolve, connect_tcp, connect_unix, gai_category
@@ -26,6 +27,7 @@
 // The Asio compat layer is separate: #include <xiio/asio.hpp>.
 
 #include <xiio/address.hpp>
+#include <xiio/channel.hpp>
 #include <xiio/core.hpp>
 #include <xiio/datagram.hpp>
 #include <xiio/dump.hpp>

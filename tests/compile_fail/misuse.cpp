@@ -33,6 +33,9 @@ using namespace std::chrono_literals;
     co_await xiio::timeout(1s, timed);
     co_await xiio::move_on_after(1s, std::ref(timed));
     co_await xiio::gather(xiio::sleep(1ms), timed());
+    xiio::Channel<std::string> ch(1);
+    co_await ch.put("x");
+    (void)co_await ch.get();
 #elif MISTAKE == 1
     // Every awaitable dropped without co_await: one diagnostic per line, each echoed with
     // its marker (the test expects all of them, in order).
@@ -54,6 +57,9 @@ using namespace std::chrono_literals;
     sem.guard();   // dropped: guard
     xiio::Event event;
     event.wait(); // dropped: wait
+    xiio::Channel<int> ch(1);
+    ch.put(1); // dropped: put
+    ch.get();  // dropped: get
 #elif MISTAKE == 12
     // A group body that is not a coroutine.
     co_await xiio::task_group([](xiio::TaskGroup&) {});
@@ -81,6 +87,13 @@ using namespace std::chrono_literals;
     co_await xiio::in_thread([](int) { return 1; }, std::string("x"));
 #elif MISTAKE == 21
     co_await xiio::move_on_after(1s, [text]() -> xiio::Task<void> { co_return; });
+#elif MISTAKE == 22
+    // A Channel of a type whose move may throw: values move under the channel's lock.
+    struct Throwing {
+        Throwing() = default;
+        Throwing(Throwing&&) noexcept(false) {}
+    };
+    xiio::Channel<Throwing> ch(1);
 #endif
     co_return;
 }

@@ -88,6 +88,21 @@ public:
 
     // ---- the loop's thread ---------------------------------------------------------
 
+    /// Takes back `n`, posted and not taken yet: its owner dies before the loop ran it (a
+    /// waiting frame destroyed). False if it is not queued. Walks the queue: rare paths only.
+    bool withdraw(RemoteNode& n) noexcept {
+        std::unique_lock lock(mutex_);
+        for (RemoteNode *prev = nullptr, *x = head_; x; prev = x, x = x->next_remote) {
+            if (x != &n)
+                continue;
+            (prev ? prev->next_remote : head_) = n.next_remote;
+            if (tail_ == &n)
+                tail_ = prev;
+            return true;
+        }
+        return false;
+    }
+
     /// Room for `n` orphans: one per registration the loop owns, so that post_orphan()
     /// (from a noexcept close) never needs memory. Throws std::bad_alloc.
     void reserve_orphans(std::size_t n) {
