@@ -147,6 +147,11 @@ public:
         return std::exchange(head_, nullptr);
     }
     int fd() const noexcept { return fd_; }
+    /// From any thread: the loop is gone (close() ran), posts fail.
+    bool closed() noexcept {
+        std::unique_lock lock(mutex_);
+        return closed_;
+    }
 
 private:
     /// Under mutex_, after queueing something: marks it pending and, if the loop may be
