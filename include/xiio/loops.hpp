@@ -233,7 +233,8 @@ public:
             thread_.join();
     }
 
-    /// Names this thread's loop; running() until the LoopThread is destroyed.
+    /// Names this thread's loop; running() until the LoopThread is destroyed. Throws
+    /// nothing; not a cancellation point.
     LoopHandle handle() const noexcept { return LoopHandle(port_); }
 
 private:
