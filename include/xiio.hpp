@@ -12,6 +12,7 @@
 //   xiio/shield.hpp   shield
 //   xiio/generator.hpp Generator: an async generator (co_yield), consumed with next()
 //   xiio/threads.hpp  ThreadPool, in_thread
+//   xiio/loops.hpp    LoopHandle, this_loop, LoopThread, on_loop: loops on several threads
 //   xiio/spawn.hpp    Process, spawn_process, SpawnOptions
 //   xiio/process.hpp  run_process, ProcessOptions, CompletedProcess, CalledProcessError
 //   xiio/signals.hpp  SignalSubscription, subscribe_signals
@@ -35,6 +36,7 @@
 #include <xiio/generator.hpp>
 #include <xiio/io.hpp>
 #include <xiio/loop.hpp>
+#include <xiio/loops.hpp>
 #include <xiio/multiplex.hpp>
 #include <xiio/net.hpp>
 #include <xiio/process.hpp>

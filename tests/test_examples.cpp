@@ -34,7 +34,7 @@ extern char** environ;
 
 // The examples are built only with XIIO_BUILD_EXAMPLES: without them there is nothing to
 // drive (and the helpers below would be unused).
-#if defined(XIIO_ECHO_SERVER) || defined(XIIO_CHAT)
+#if defined(XIIO_ECHO_SERVER) || defined(XIIO_CHAT) || defined(XIIO_ECHO_CORES)
 
 namespace {
 
@@ -124,6 +124,17 @@ public:
         return digits == std::string::npos
                    ? 0
                    : static_cast<std::uint16_t>(std::stoi(printed.substr(digits)));
+    }
+
+    pid_t pid() const { return pid_; }
+
+    /// What the server printed after the first line, up to its exit (call after stop()).
+    std::string rest_of_output() {
+        std::string text;
+        char buf[256];
+        for (ssize_t n; (n = ::read(out_.fd, buf, sizeof buf)) > 0;)
+            text.append(buf, static_cast<std::size_t>(n));
+        return text;
     }
 
     /// Whether the server still runs (it has not exited, nor been killed).
@@ -457,6 +468,50 @@ TEST_CASE("chat out of fds backs off without spinning and recovers when clients 
     CHECK(cpu < 0.1);
     CHECK(heard.ends_with("] back again\n"));
     CHECK(server.running());
+}
+
+#endif
+
+#ifdef XIIO_ECHO_CORES
+
+TEST_CASE("echo_cores echoes on every loop, and on SIGINT lets open connections finish",
+          "[examples]") {
+    ServerProcess server(XIIO_ECHO_CORES);
+    auto port = server.port();
+    REQUIRE(port != 0);
+    std::vector<xiio::Socket> clients;
+    std::string reply, after_signal;
+    run_against(server, [&]() -> Task<void> {
+        // Open connections, spread over the loops by the kernel; each echoes a line.
+        for (int i = 0; i < 16; ++i) {
+            clients.push_back(co_await xiio::connect_tcp("127.0.0.1", port));
+            std::string buffer;
+            co_await clients.back().send_all(std::string_view("ping\n"));
+            reply += co_await xiio::timeout(10s, read_line(clients.back(), buffer));
+        }
+        ::kill(server.pid(), SIGINT);
+        // Still open after the signal: served within the grace period.
+        std::string buffer;
+        co_await clients[0].send_all(std::string_view("still there\n"));
+        after_signal = co_await xiio::timeout(10s, read_line(clients[0], buffer));
+        clients.clear(); // they leave: the server's loops end before the grace is over
+    });
+    CHECK(reply == [] {
+        std::string r;
+        for (int i = 0; i < 16; ++i)
+            r += "ping\n";
+        return r;
+    }());
+    CHECK(after_signal == "still there\n");
+    auto start = xiio::Clock::now();
+    int status = server.stop(0); // the signal was sent already: reap it
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(elapsed_ms(start) < 900);
+    auto out = server.rest_of_output();
+    INFO("stdout after the first line: " << out << "\nstderr: " << server.errors());
+    CHECK(out.find("got signal 2, shutting down\n") != std::string::npos);
+    CHECK(out.find("loops stopped\n") != std::string::npos);
 }
 
 #endif

@@ -34,7 +34,8 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
     std::uint64_t trees = replay && *replay ? 1 : env_u64("XIIO_TORTURE_TREES", default_trees);
     UNSCOPED_INFO("seeds " << base << " .. " << base + trees - 1
                            << " (replay one with XIIO_TORTURE_SEED=<seed>)");
-    long nodes = 0, injected = 0, errors = 0, cancelled = 0, races = 0, hits = 0, holds = 0;
+    long nodes = 0, injected = 0, errors = 0, cancelled = 0, races = 0, hits = 0, holds = 0,
+         remotes = 0;
     auto start = std::chrono::steady_clock::now();
     for (std::uint64_t i = 0; i < trees; ++i) {
         std::uint64_t seed = base + i;
@@ -45,6 +46,8 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
                         torture::dump(tree).c_str());
         torture::Result r = torture::check_tree(tree, cfg, seed * 0x9E3779B97F4A7C15ull);
         nodes += static_cast<long>(tree.nodes.size());
+        for (const auto& n : tree.nodes)
+            remotes += n.action == torture::Action::remote;
         injected += r.injected;
         races += r.handoff_races;
         hits += r.handoff_hits;
@@ -64,7 +67,8 @@ void torture_trees(const torture::Config& cfg, std::uint64_t default_trees,
                << " in CancelledError, " << injected << " syscall faults, " << races
                << " hand-offs due with their deadline in one iteration (" << hits
                << " bodies completed with its cancellation pending), " << holds
-               << " shields held a cancellation, " << ms << " ms");
+               << " shields held a cancellation, " << remotes << " on_loop leaves, " << ms
+               << " ms");
     if (!(replay && *replay) && trees >= 1000)
         CHECK(hits * 1000 >= min_handoff_hits * static_cast<long>(trees));
     if (!(replay && *replay) && trees >= 1000)
@@ -79,10 +83,18 @@ TEST_CASE("torture: random task trees behave as the reference predicts", "[tortu
     torture_trees(cfg, 1000, 10, 5);
 }
 
-// Mostly in_thread leaves, for the TSan build (also runs everywhere else).
+// Mostly in_thread and on_loop leaves, for the TSan build (also runs everywhere else).
 TEST_CASE("torture: random task trees with many in_thread leaves", "[torture][threads]") {
     torture::Config cfg;
     cfg.thread_percent = 70;
+    cfg.processes = false;
+    torture_trees(cfg, 100);
+}
+
+// Mostly cross-loop leaves: cancellations forwarded to a second loop's thread, in its tick.
+TEST_CASE("torture: random task trees with many on_loop leaves", "[torture][loops]") {
+    torture::Config cfg;
+    cfg.thread_percent = 90;
     cfg.processes = false;
     torture_trees(cfg, 100);
 }

@@ -10,7 +10,10 @@
 //   waits for. Ticks are numbered in program order, so a node's tick is always later than
 //   the tick in which it starts.
 // - Everything else (small sleeps, pipes, threads, processes, queues, cleanup) is "busy"
-//   work that finishes by itself within the tick in which it started.
+//   work that finishes by itself within the tick in which it started. One kind of busy
+//   leaf crosses loops: on_loop to a second loop (a LoopThread made for the tree), which
+//   runs a short sleep there; a cancellation in its tick is forwarded across threads and
+//   waited for, so the model predicts it as any busy leaf.
 // - A driver task sets tick k+1 only once the tree is quiet: no busy work in flight and
 //   no progress for several yield()s. So exactly one event happens per tick and all its
 //   consequences (cancellations, cleanups, propagation) are over before the next one:
@@ -54,6 +57,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -84,7 +88,7 @@ enum class Kind {
     race,
     shield
 };
-enum class Action { none, sleep, yield, thread, process };
+enum class Action { none, sleep, yield, thread, process, remote };
 
 // handoff nodes: what is handed over, in which order against the deadline, in which form
 // the body is given to timeout/move_on_after.
@@ -199,6 +203,7 @@ struct Config {
     int max_depth = 4;
     int max_sleep_us = 3000;
     bool threads = true;     // in_thread leaves
+    bool remotes = true;     // every other thread leaf awaits on_loop to a second LoopThread
     int thread_percent = 10; // of busy leaf actions
     bool processes = true;   // run_process leaves (slow: rare)
     bool pipes = true;
@@ -257,8 +262,10 @@ private:
     Action busy_action() {
         if (cfg_.processes && ch_.below(60) == 0)
             return Action::process;
+        // A cross-loop leaf replaces every other in_thread leaf without a choice of its
+        // own: the trees of a seed keep their shape with remotes on or off.
         if (cfg_.threads && ch_.chance(cfg_.thread_percent))
-            return Action::thread;
+            return cfg_.remotes && threads_made_++ % 2 ? Action::remote : Action::thread;
         return ch_.chance(20) ? Action::yield : Action::sleep;
     }
     int sleep_us() {
@@ -516,6 +523,7 @@ private:
 
     Chooser& ch_;
     Config cfg_;
+    int threads_made_ = 0; // thread leaves so far (see busy_action)
     Tree t_;
     Tick next_tick_ = 1;
 };
@@ -531,7 +539,7 @@ inline std::string dump(const Tree& t) {
         const Node& n = t.nodes[static_cast<std::size_t>(id)];
         static const char* kinds[] = {"leaf",   "group", "gather",  "timeout", "cancel", "pipe",
                                       "future", "queue", "handoff", "race",    "shield"};
-        static const char* actions[] = {"", " sleep", " yield", " thread", " process"};
+        static const char* actions[] = {"", " sleep", " yield", " thread", " process", " on_loop"};
         o << std::string(static_cast<std::size_t>(depth) * 2, ' ') << how << "#" << n.id << " "
           << kinds[static_cast<int>(n.kind)];
         if (n.tick)
@@ -1115,6 +1123,7 @@ struct Run {
     std::vector<int> started, cleaned;
     std::vector<xiio::TaskGroup*> groups; // while a group's body may run
     Injector* injector = nullptr;
+    xiio::LoopHandle remote; // the second loop of on_loop leaves (a LoopThread's)
     int busy = 0;
     long progress = 0;
     bool root_done = false;
@@ -1143,6 +1152,12 @@ struct Busy {
 
 xiio::Task<int> run_node(Run& r, int id);
 
+/// The part of an on_loop leaf that runs on the second loop.
+inline xiio::Task<int> remote_leaf(int id, int us) {
+    co_await xiio::sleep(std::chrono::microseconds(us % 500));
+    co_return id + 1;
+}
+
 inline xiio::Task<void> busy_action(Run& r, const Node& n) {
     Busy b(r);
     switch (n.action) {
@@ -1159,6 +1174,14 @@ inline xiio::Task<void> busy_action(Run& r, const Node& n) {
         int v = co_await xiio::in_thread(job, n.id);
         if (v != n.id + 1)
             throw std::runtime_error("in_thread returned a wrong value");
+        break;
+    }
+    case Action::remote: {
+        // Busy work like a thread leaf, on another loop: a cancellation in this tick is
+        // forwarded there and waited for, as the model predicts for any busy leaf.
+        int v = co_await xiio::on_loop(r.remote, remote_leaf(n.id, n.us));
+        if (v != n.id + 1)
+            throw std::runtime_error("on_loop returned a wrong value");
         break;
     }
     case Action::process: {
@@ -1813,10 +1836,18 @@ inline Result check_tree(const Tree& t, const Config& cfg, std::uint64_t inject_
         return res;
     }
 
+    // Declared first, destroyed last: a LoopThread's syscalls may consult it until joined.
+    std::unique_ptr<Injector> inj;
+    // The second loop of on_loop leaves, made (and counted) before the leak check's counts.
+    std::optional<xiio::LoopThread> remote;
+    if (std::any_of(t.nodes.begin(), t.nodes.end(),
+                    [](const Node& n) { return n.action == Action::remote; }))
+        remote.emplace();
     const auto live_before = xiio::detail::live_counts();
     const auto fds_before = count_fds();
-    std::unique_ptr<Injector> inj;
     Run r(t, cfg);
+    if (remote)
+        r.remote = remote->handle();
     if (cfg.inject) {
         inj = std::make_unique<Injector>(inject_seed);
         r.injector = inj.get();

@@ -77,11 +77,13 @@ public:
             throw_errno("io_uring", EBADF);
         FdEntry* e = fds_.find(n.fd);
         if (!serial || !e || e->serial != serial) {
-            // A plain int (or an Fd closed meanwhile): check it now, as epoll_ctl would,
-            // rather than learn of a bad number from a completion nobody can throw from.
-            if (::fcntl(n.fd, F_GETFD) < 0)
-                throw_errno("io_uring", errno);
             take_orphans(loop_); // before trusting an entry: its number may be reused
+            e = fds_.find(n.fd);
+            // A number no Fd of this loop owns: check it now, as epoll_ctl would, rather
+            // than learn of a bad number from a completion nobody can throw from. (An
+            // int naming a Socket's number, `read_exactly(s.fd(), ...)`, needs no check.)
+            if ((!e || !e->serial) && ::fcntl(n.fd, F_GETFD) < 0)
+                throw_errno("io_uring", errno);
             e = &fds_.at(n.fd);
         }
         std::uint32_t id = new_op(); // may throw std::bad_alloc: nothing done yet

@@ -157,11 +157,15 @@ public:
     RemoteNode* close() noexcept {
         std::unique_lock lock(mutex_);
         closed_ = true;
+        gone_.store(true, std::memory_order_release);
         ::close(std::exchange(fd_, -1));
         tail_ = nullptr;
         return std::exchange(head_, nullptr);
     }
     int fd() const noexcept { return fd_; }
+    /// From any thread: the loop is gone (close() ran), posts fail. Without the lock: a
+    /// LoopHandle asks on every call, and the loop's thread takes that lock on every wake-up.
+    bool closed() const noexcept { return gone_.load(std::memory_order_acquire); }
 
 private:
     /// Under mutex_, after queueing something: marks it pending and, if the loop may be
@@ -186,6 +190,7 @@ private:
     std::atomic<bool> sleeping_{true};  // the loop may be blocked: a post must write the eventfd
     bool signalled_ = false;            // written since the last take(): no need to write again
     bool closed_ = false;
+    std::atomic<bool> gone_{false}; // closed_, for closed() (set under mutex_)
 };
 
 } // namespace xiio::detail
