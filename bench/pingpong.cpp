@@ -15,6 +15,7 @@
 // and ends when the last pair finished: the same region for W3 and W5, so that their
 // ratio is the cost of the idle population alone.
 #include "common.hpp"
+#include "uring.hpp"
 
 #include <xiio.hpp>
 
@@ -25,6 +26,7 @@
 #include <queue>
 #include <span>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include <sys/epoll.h>
@@ -277,6 +279,126 @@ bench::Sample run_raw(const Params& p) {
     return {ns / static_cast<double>(p.ops())};
 }
 
+// ---- uring: a raw io_uring state machine ---------------------------------------------------
+
+// Completion-based: every end always has its next operation in flight (the initiator a
+// send and the receive of its echo, the responder a receive, then the echo's send and the
+// next receive), and one io_uring_enter per iteration submits all that is queued and waits
+// for at least one completion. No readiness, no EAGAIN: a receive with nothing to read
+// waits inside the kernel. 64-byte messages are never split in practice, but a short send
+// or receive queues the rest.
+class UringPingPong {
+public:
+    explicit UringPingPong(const Params& p)
+        : ring_(static_cast<unsigned>(4 * p.pairs + 8), static_cast<unsigned>(4 * p.pairs + 8)) {
+        for (auto [a, b] : socketpairs(p.pairs)) {
+            ends_.push_back({a, true, p.trips});
+            ends_.push_back({b, false, p.trips});
+        }
+        pairs_left_ = p.pairs;
+    }
+    ~UringPingPong() {
+        for (auto& e : ends_)
+            ::close(e.fd);
+    }
+    UringPingPong(const UringPingPong&) = delete;
+    UringPingPong& operator=(const UringPingPong&) = delete;
+
+    const char* mode() const noexcept { return ring_.mode(); }
+
+    long run() {
+        for (auto& e : ends_) {
+            if (e.initiator) {
+                e.out.fill('.');
+                stamp(e.out, 0);
+                send(e, 0);
+            }
+            recv(e, 0);
+        }
+        __kernel_timespec limit{10, 0}; // a benchmark that stalls fails instead of hanging
+        while (pairs_left_ > 0) {
+            if (!ring_.submit_and_wait(1, &limit))
+                throw std::runtime_error("uring: no completion in 10 s");
+            ring_.for_each_cqe([this](const io_uring_cqe& c) { complete(c); });
+        }
+        return done_;
+    }
+
+private:
+    struct alignas(8) End {
+        int fd;
+        bool initiator;
+        long left; // messages still to receive (responder) or echoes to get (initiator)
+        Message out{}, in{};
+        std::size_t got = 0, sent = 0;
+    };
+    static constexpr std::uint64_t send_tag = 1; // low bit of user_data: send, else recv
+
+    void send(End& e, std::size_t from) {
+        bench::uring::prep_rw(ring_.get_sqe(), IORING_OP_SEND, e.fd, e.out.data() + from,
+                              msg_size - from, reinterpret_cast<std::uintptr_t>(&e) | send_tag);
+        e.sent = from;
+    }
+    void recv(End& e, std::size_t from) {
+        bench::uring::prep_rw(ring_.get_sqe(), IORING_OP_RECV, e.fd, e.in.data() + from,
+                              msg_size - from, reinterpret_cast<std::uintptr_t>(&e));
+        e.got = from;
+    }
+
+    void complete(const io_uring_cqe& c) {
+        auto* e = reinterpret_cast<End*>(c.user_data & ~send_tag);
+        if (c.res < 0)
+            throw std::system_error(-c.res, std::system_category(),
+                                    (c.user_data & send_tag) ? "uring: send" : "uring: recv");
+        auto n = static_cast<std::size_t>(c.res);
+        if (c.user_data & send_tag) {
+            if (e->sent + n < msg_size)
+                send(*e, e->sent + n); // the rest of a short send
+            return;
+        }
+        if (n == 0)
+            throw std::runtime_error("uring: recv: early end of stream");
+        if (e->got + n < msg_size)
+            return recv(*e, e->got + n);
+        --e->left;
+        if (e->initiator) {
+            bench::check(e->in == e->out, "uring: wrong echo");
+            ++done_;
+            if (e->left == 0) {
+                --pairs_left_;
+                return;
+            }
+            stamp(e->out, done_);
+            send(*e, 0); // the next message and the receive of its echo, in one submission
+            recv(*e, 0);
+        } else {
+            // The initiator sends the next message only once it has the whole echo, so the
+            // previous send from `out` is over when the next receive completes.
+            e->out = e->in;
+            send(*e, 0);
+            if (e->left > 0)
+                recv(*e, 0);
+        }
+    }
+
+    std::vector<End> ends_; // never resized after SQEs point into it
+    // Declared after ends_, so destroyed first: closing the ring cancels what is still in
+    // flight (after an error) before the buffers it points into go.
+    bench::uring::Ring ring_;
+    long pairs_left_ = 0;
+    long done_ = 0;
+};
+
+bench::Sample run_uring(const Params& p, std::string& mode) {
+    UringPingPong loop(p);
+    mode = loop.mode();
+    bench::Region region;
+    long done = loop.run();
+    double ns = region.stop();
+    bench::check(done == p.ops(), "uring: missing round trips");
+    return {ns / static_cast<double>(p.ops())};
+}
+
 // ---- Asio ----------------------------------------------------------------------------------
 
 #ifdef XIIO_BENCH_ASIO
@@ -365,8 +487,17 @@ int main(int argc, char** argv) {
                w, p.pairs, p.trips, msg_size, p.idle);
     if (a.wants_impl("raw"))
         bench::measure(a, w, c, "raw", p.ops(), [&] { return run_raw(p); });
-    if (a.wants_impl("xiio"))
-        bench::measure(a, w, c, "xiio", p.ops(), [&] { return run_xiio(p); });
+    for (const char* impl : {"xiio", "xiio-uring"})
+        if (a.wants_impl(impl)) {
+            bench::Backend backend(bench::Backend::of(impl));
+            bench::measure(a, w, c, impl, p.ops(), [&] { return run_xiio(p); });
+        }
+    // No uring case for W5: its point is a loop with timers, which the raw uring loop lacks.
+    if (a.wants_impl("uring") && p.idle == 0) {
+        std::string mode;
+        bench::measure(a, w, c, "uring", p.ops(), [&] { return run_uring(p, mode); });
+        fmt::print("  uring setup: {}\n", mode);
+    }
 #ifdef XIIO_BENCH_ASIO
     if (a.wants_impl("asio"))
         bench::measure(a, w, c, "asio", p.ops(), [&] { return run_asio(p); });
