@@ -148,12 +148,12 @@ inline void serve_raw(int listener, int stop) {
 // ---- raw io_uring ------------------------------------------------------------------------
 
 // Completion-based: an accept always in flight on the listener, a poll on `stop`, and on
-// every connection a receive. A received request queues its echo's send and, into the
-// connection's other buffer, the next receive, in the same submission; one io_uring_enter
-// per iteration submits all that and waits for at least one completion, so at many
-// connections the enters are shared by many requests. A short send queues the rest; a
-// request that arrives while the previous echo is still being sent (a pipelining client)
-// waits for it.
+// every connection a receive. A received request queues its echo as a send linked to the
+// next receive into the same buffer (bench::uring::send_then_recv: the receive starts once
+// the echo is out, even for a client that sends early; the send posts no completion when
+// it succeeds), so per request there are two SQEs and one CQE. One io_uring_enter per
+// iteration submits all that is queued and waits for at least one completion: at many
+// busy connections one enter serves many requests.
 class UringServer {
 public:
     UringServer(int listener, int stop, int max_conns)
@@ -188,16 +188,12 @@ public:
 private:
     struct alignas(8) Conn {
         int fd = -1;
-        int recv_into = 0;    // the buffer the receive in flight fills
-        bool sending = false; // a send is in flight
-        bool eof = false;     // the peer closed: close once the send is over
-        std::size_t send_off = 0, send_len = 0;
-        int send_buf = 0;
-        std::size_t held = 0; // bytes received while sending (in buf[recv_into])
-        std::array<std::array<char, 4096>, 2> buf;
+        int sent = 0; // the length of the echo last sent
+        std::array<char, 4096> buf;
     };
     static constexpr std::uint64_t accept_tag = 1, stop_tag = 2; // never a Conn*
     static constexpr std::uint64_t send_bit = 1;                 // user_data: Conn* | send_bit
+    static std::uint64_t tag(Conn& c) noexcept { return reinterpret_cast<std::uintptr_t>(&c); }
 
     void accept() {
         io_uring_sqe* sqe = ring_->get_sqe();
@@ -205,27 +201,6 @@ private:
         sqe->fd = listener_;
         sqe->accept_flags = SOCK_CLOEXEC;
         sqe->user_data = accept_tag;
-    }
-    void recv(Conn& c) {
-        bench::uring::prep_rw(ring_->get_sqe(), IORING_OP_RECV, c.fd,
-                              c.buf[static_cast<std::size_t>(c.recv_into)].data(), 4096,
-                              reinterpret_cast<std::uintptr_t>(&c));
-    }
-    void send(Conn& c) {
-        bench::uring::prep_rw(ring_->get_sqe(), IORING_OP_SEND, c.fd,
-                              c.buf[static_cast<std::size_t>(c.send_buf)].data() + c.send_off,
-                              c.send_len - c.send_off,
-                              reinterpret_cast<std::uintptr_t>(&c) | send_bit);
-        c.sending = true;
-    }
-    /// Echoes the `n` bytes just received and receives the next request into the other buffer.
-    void echo(Conn& c, std::size_t n) {
-        c.send_buf = c.recv_into;
-        c.send_off = 0;
-        c.send_len = n;
-        send(c);
-        c.recv_into ^= 1;
-        recv(c);
     }
 
     void complete(const io_uring_cqe& cqe) {
@@ -239,38 +214,29 @@ private:
             int one = 1;
             ::setsockopt(cqe.res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             conns_.push_back(std::make_unique<Conn>());
-            conns_.back()->fd = cqe.res;
-            recv(*conns_.back());
+            Conn& c = *conns_.back();
+            c.fd = cqe.res;
+            bench::uring::prep_rw(ring_->get_sqe(), IORING_OP_RECV, c.fd, c.buf.data(),
+                                  c.buf.size(), tag(c));
             accept();
             return;
         }
-        bool is_send = cqe.user_data & send_bit;
         auto& c = *reinterpret_cast<Conn*>(cqe.user_data & ~send_bit);
+        if (cqe.user_data & send_bit) { // posted only on failure (or where it cannot be skipped)
+            if (cqe.res != c.sent)      // short under MSG_WAITALL: the connection broke
+                throw std::system_error(cqe.res < 0 ? -cqe.res : EIO, std::system_category(),
+                                        "uring: send");
+            return;
+        }
         if (cqe.res < 0)
-            throw std::system_error(-cqe.res, std::system_category(),
-                                    is_send ? "uring: send" : "uring: recv");
-        auto n = static_cast<std::size_t>(cqe.res);
-        if (is_send) {
-            c.sending = false;
-            c.send_off += n;
-            if (c.send_off < c.send_len)
-                return send(c); // the rest of a short send
-            if (c.held)
-                return echo(c, std::exchange(c.held, 0));
-            if (c.eof)
-                ::close(std::exchange(c.fd, -1));
+            throw std::system_error(-cqe.res, std::system_category(), "uring: recv");
+        if (cqe.res == 0) { // the client is done; nothing of this connection is in flight
+            ::close(std::exchange(c.fd, -1));
             return;
         }
-        if (n == 0) {
-            c.eof = true;
-            if (!c.sending)
-                ::close(std::exchange(c.fd, -1));
-            return;
-        }
-        if (c.sending)
-            c.held = n; // both buffers busy: no receive until the send is over
-        else
-            echo(c, n);
+        c.sent = cqe.res;
+        bench::uring::send_then_recv(*ring_, c.fd, c.buf.data(), static_cast<std::size_t>(cqe.res),
+                                     tag(c) | send_bit, c.buf.data(), c.buf.size(), 0, tag(c));
     }
 
     int listener_;

@@ -281,12 +281,14 @@ bench::Sample run_raw(const Params& p) {
 
 // ---- uring: a raw io_uring state machine ---------------------------------------------------
 
-// Completion-based: every end always has its next operation in flight (the initiator a
-// send and the receive of its echo, the responder a receive, then the echo's send and the
-// next receive), and one io_uring_enter per iteration submits all that is queued and waits
-// for at least one completion. No readiness, no EAGAIN: a receive with nothing to read
-// waits inside the kernel. 64-byte messages are never split in practice, but a short send
-// or receive queues the rest.
+// Completion-based: every end always has its next operation in flight, and one
+// io_uring_enter per iteration submits all that is queued and waits for at least one
+// completion. No readiness, no EAGAIN: a receive with nothing to read waits inside the
+// kernel. A message goes out as a send linked to the receive of what comes back
+// (bench::uring::send_then_recv): the send posts no completion when it succeeds, both use
+// MSG_WAITALL (the kernel finishes a short transfer itself), so per message there is one
+// completion, a whole 64-byte receive. The initiator sends, then receives the echo; the
+// responder receives, then sends it back out of the same buffer and receives the next.
 class UringPingPong {
 public:
     explicit UringPingPong(const Params& p)
@@ -311,9 +313,12 @@ public:
             if (e.initiator) {
                 e.out.fill('.');
                 stamp(e.out, 0);
-                send(e, 0);
+                exchange(e, e.out);
+            } else {
+                auto* sqe = ring_.get_sqe();
+                bench::uring::prep_rw(sqe, IORING_OP_RECV, e.fd, e.in.data(), msg_size, tag(e));
+                sqe->msg_flags = MSG_WAITALL;
             }
-            recv(e, 0);
         }
         __kernel_timespec limit{10, 0}; // a benchmark that stalls fails instead of hanging
         while (pairs_left_ > 0) {
@@ -330,36 +335,27 @@ private:
         bool initiator;
         long left; // messages still to receive (responder) or echoes to get (initiator)
         Message out{}, in{};
-        std::size_t got = 0, sent = 0;
     };
-    static constexpr std::uint64_t send_tag = 1; // low bit of user_data: send, else recv
+    static constexpr std::uint64_t send_bit = 1; // user_data: End* | send_bit for the send
+    static std::uint64_t tag(End& e) noexcept { return reinterpret_cast<std::uintptr_t>(&e); }
 
-    void send(End& e, std::size_t from) {
-        bench::uring::prep_rw(ring_.get_sqe(), IORING_OP_SEND, e.fd, e.out.data() + from,
-                              msg_size - from, reinterpret_cast<std::uintptr_t>(&e) | send_tag);
-        e.sent = from;
-    }
-    void recv(End& e, std::size_t from) {
-        bench::uring::prep_rw(ring_.get_sqe(), IORING_OP_RECV, e.fd, e.in.data() + from,
-                              msg_size - from, reinterpret_cast<std::uintptr_t>(&e));
-        e.got = from;
+    /// Sends `m` and then receives the next 64 bytes into e.in.
+    void exchange(End& e, const Message& m) {
+        bench::uring::send_then_recv(ring_, e.fd, m.data(), msg_size, tag(e) | send_bit,
+                                     e.in.data(), msg_size, MSG_WAITALL, tag(e));
     }
 
     void complete(const io_uring_cqe& c) {
-        auto* e = reinterpret_cast<End*>(c.user_data & ~send_tag);
-        if (c.res < 0)
-            throw std::system_error(-c.res, std::system_category(),
-                                    (c.user_data & send_tag) ? "uring: send" : "uring: recv");
-        auto n = static_cast<std::size_t>(c.res);
-        if (c.user_data & send_tag) {
-            if (e->sent + n < msg_size)
-                send(*e, e->sent + n); // the rest of a short send
+        auto* e = reinterpret_cast<End*>(c.user_data & ~send_bit);
+        if (c.user_data & send_bit) { // posted only on failure (or where CQEs cannot be skipped)
+            if (c.res != static_cast<int>(msg_size))
+                throw std::system_error(c.res < 0 ? -c.res : EIO, std::system_category(),
+                                        "uring: send");
             return;
         }
-        if (n == 0)
-            throw std::runtime_error("uring: recv: early end of stream");
-        if (e->got + n < msg_size)
-            return recv(*e, e->got + n);
+        if (c.res != static_cast<int>(msg_size))
+            throw std::system_error(c.res < 0 ? -c.res : EIO, std::system_category(),
+                                    "uring: recv (short: end of stream)");
         --e->left;
         if (e->initiator) {
             bench::check(e->in == e->out, "uring: wrong echo");
@@ -369,15 +365,14 @@ private:
                 return;
             }
             stamp(e->out, done_);
-            send(*e, 0); // the next message and the receive of its echo, in one submission
-            recv(*e, 0);
+            exchange(*e, e->out);
+        } else if (e->left > 0) {
+            exchange(*e, e->in); // the receive starts once the echo is out: one buffer
         } else {
-            // The initiator sends the next message only once it has the whole echo, so the
-            // previous send from `out` is over when the next receive completes.
-            e->out = e->in;
-            send(*e, 0);
-            if (e->left > 0)
-                recv(*e, 0);
+            auto* sqe = ring_.get_sqe(); // the last echo
+            bench::uring::prep_rw(sqe, IORING_OP_SEND, e->fd, e->in.data(), msg_size,
+                                  tag(*e) | send_bit);
+            sqe->msg_flags = MSG_WAITALL | MSG_NOSIGNAL;
         }
     }
 

@@ -21,6 +21,7 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -66,6 +67,7 @@ public:
         }
         if (fd_ < 0)
             fail(errno, "io_uring_setup");
+        skip_success_ = p.features & IORING_FEAT_CQE_SKIP;
         if (!(p.features & IORING_FEAT_SINGLE_MMAP) || !(p.features & IORING_FEAT_EXT_ARG)) {
             ::close(fd_);
             throw std::runtime_error("uring: the kernel is older than 5.11 (no EXT_ARG)");
@@ -123,6 +125,16 @@ public:
         return sqe;
     }
 
+    /// Makes room for `n` SQEs that must go in one submission (a linked chain: a chain cut
+    /// at the end of a submission would be submitted without its tail).
+    void reserve(unsigned n) {
+        if (tail_ - load_acquire(sq_head_) + n > sq_entries_)
+            enter(0, nullptr);
+    }
+
+    /// Whether the kernel has IOSQE_CQE_SKIP_SUCCESS (5.17): an op that succeeds posts no CQE.
+    bool skip_success() const noexcept { return skip_success_; }
+
     /// One io_uring_enter: submits every queued SQE and waits until at least `wait_nr` CQEs
     /// are there (running the deferred task work) or `timeout` passed. Returns false on the
     /// timeout, true otherwise. Throws std::system_error on other errors.
@@ -176,6 +188,7 @@ private:
 
     int fd_ = -1;
     const char* mode_ = "";
+    bool skip_success_ = false;
     void* ring_ = nullptr;
     std::size_t ring_size_ = 0, sqes_size_ = 0;
     io_uring_sqe* sqes_ = nullptr;
@@ -194,6 +207,26 @@ inline void prep_rw(io_uring_sqe* sqe, std::uint8_t op, int fd, const void* buf,
     sqe->addr = reinterpret_cast<std::uintptr_t>(buf);
     sqe->len = static_cast<std::uint32_t>(len);
     sqe->user_data = user;
+}
+
+/// Queues "send all of [buf, buf + len), then receive into [in, in + in_len)" on `fd`: the
+/// send (MSG_WAITALL: the kernel retries a short send itself, so a result below `len` is an
+/// error) linked to the receive, which starts only once the send is over, so `in` may be
+/// `buf` and a peer that sends early waits in the socket. A send that succeeds posts no CQE
+/// where the kernel can skip it (otherwise one with `send_user`, len as its result); a
+/// failed one posts its CQE (`send_user`) and the receive then completes with -ECANCELED.
+/// `recv_flags`: MSG_WAITALL to receive exactly in_len bytes (or fail), 0 for what is there.
+inline void send_then_recv(Ring& ring, int fd, const void* buf, std::size_t len,
+                           std::uint64_t send_user, void* in, std::size_t in_len,
+                           std::uint32_t recv_flags, std::uint64_t recv_user) {
+    ring.reserve(2);
+    io_uring_sqe* s = ring.get_sqe();
+    prep_rw(s, IORING_OP_SEND, fd, buf, len, send_user);
+    s->msg_flags = MSG_WAITALL | MSG_NOSIGNAL;
+    s->flags = IOSQE_IO_LINK | (ring.skip_success() ? IOSQE_CQE_SKIP_SUCCESS : 0);
+    io_uring_sqe* r = ring.get_sqe();
+    prep_rw(r, IORING_OP_RECV, fd, in, in_len, recv_user);
+    r->msg_flags = recv_flags;
 }
 
 } // namespace bench::uring
