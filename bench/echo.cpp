@@ -453,8 +453,12 @@ void run_remote_cases(const bench::Args& a, bool quick_sizes) {
 #ifdef XIIO_BENCH_ASIO
         measure("asio", serve_asio);
 #endif
-        measure("uring",
-                [&](int listener, int stop) { remote::serve_uring(listener, stop, k.clients); });
+        if (int err = a.wants_impl("uring") ? bench::uring::unavailable() : 0)
+            fmt::print("  uring: no io_uring here ({}): skipped\n", std::strerror(err));
+        else
+            measure("uring", [&](int listener, int stop) {
+                remote::serve_uring(listener, stop, k.clients);
+            });
     }
 }
 

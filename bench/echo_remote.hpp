@@ -253,16 +253,20 @@ public:
     ClientProcess& operator=(const ClientProcess&) = delete;
 
     pid_t pid() const noexcept { return pid_; }
-    /// Reaps it (it exits right after its last line; its alarm bounds the wait).
-    void wait() {
+    /// Reaps it (it exits right after its last line; its alarm bounds the wait). Returns
+    /// its user + system CPU time in ns (its whole life, connecting included).
+    double wait() {
         int status = 0;
-        while (::waitpid(pid_, &status, 0) < 0)
+        rusage u{};
+        while (::wait4(pid_, &status, 0, &u) < 0)
             if (errno != EINTR)
-                fail("waitpid");
+                fail("wait4");
         pid_ = -1;
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
             throw std::runtime_error(fmt::format("the client process failed (status {:#x})",
                                                  static_cast<unsigned>(status)));
+        auto ns = [](timeval t) { return t.tv_sec * 1e9 + t.tv_usec * 1e3; };
+        return ns(u.ru_utime) + ns(u.ru_stime);
     }
 
 private:
@@ -347,7 +351,7 @@ inline bench::Sample run(const ServeFn& serve, const std::string& self, int clie
             t.join();
         threads.clear();
     };
-    double ns = 0, cpu = 0;
+    double ns = 0, cpu = 0, client_cpu = 0;
     long ok = 0;
     try {
         for (int i = 0; i < loops; ++i)
@@ -370,7 +374,7 @@ inline bench::Sample run(const ServeFn& serve, const std::string& self, int clie
         cpu = region.cpu();
         if (std::sscanf(done.c_str(), "D %ld", &ok) != 1)
             throw std::runtime_error("the client process said something unexpected");
-        child.wait();
+        client_cpu = child.wait();
     } catch (...) {
         stop_all();
         for (auto& e : errors) // a server loop's error says more than ours
@@ -387,6 +391,7 @@ inline bench::Sample run(const ServeFn& serve, const std::string& self, int clie
     return {per,
             {{"requests_per_s", 1e9 / per},
              {"cpu_ns_per_op", cpu / static_cast<double>(ok)},
+             {"client_cpu_ns_per_op", client_cpu / static_cast<double>(ok)},
              {"loops", loops}}};
 }
 

@@ -488,7 +488,9 @@ int main(int argc, char** argv) {
             bench::measure(a, w, c, impl, p.ops(), [&] { return run_xiio(p); });
         }
     // No uring case for W5: its point is a loop with timers, which the raw uring loop lacks.
-    if (a.wants_impl("uring") && p.idle == 0) {
+    if (int err = a.wants_impl("uring") && p.idle == 0 ? bench::uring::unavailable() : 0)
+        fmt::print("  uring: no io_uring here ({}): skipped\n", std::strerror(err));
+    else if (a.wants_impl("uring") && p.idle == 0) {
         std::string mode;
         bench::measure(a, w, c, "uring", p.ops(), [&] { return run_uring(p, mode); });
         fmt::print("  uring setup: {}\n", mode);

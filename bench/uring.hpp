@@ -38,6 +38,18 @@ inline void store_release(unsigned* p, unsigned v) noexcept {
     std::atomic_ref<unsigned>(*p).store(v, std::memory_order_release);
 }
 
+/// 0 if this process may use io_uring, else the errno of a trial io_uring_setup: ENOSYS
+/// (an old kernel, valgrind), EPERM (io_uring_disabled, a seccomp filter such as
+/// Docker's default). The benchmarks skip the uring implementation then, not fail.
+inline int unavailable() noexcept {
+    io_uring_params p{};
+    int fd = static_cast<int>(::syscall(__NR_io_uring_setup, 1, &p));
+    if (fd < 0)
+        return errno;
+    ::close(fd);
+    return 0;
+}
+
 class Ring {
 public:
     /// A ring with room for `sq_entries` queued SQEs and `cq_entries` CQEs (both rounded up
