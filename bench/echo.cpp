@@ -2,7 +2,10 @@
 // does R request/responses of 64 bytes (send, then read the 64-byte echo) and checks every
 // echo. xiio (Listener/Socket), Asio (co_spawn + use_awaitable) and a raw epoll state
 // machine. ns per request (the region includes listen, connect and accept of every client)
-// and requests/s.
+// and requests/s. That is case `echo` (xiio also as xiio-uring, on its io_uring backend).
+// Cases c1, c100, c1000 (echo_remote.hpp): the server alone here, on --loops N threads,
+// the clients in another process; raw epoll and raw io_uring servers in echo_servers.hpp,
+// xiio's and Asio's below.
 #include "common.hpp"
 #include "echo_remote.hpp"
 #include "echo_servers.hpp"

@@ -11,6 +11,8 @@
 // connect_pair, with async_write and async_read; raw: an epoll state machine, each fd
 // registered once (EPOLLIN, level-triggered), every read and write tried first and
 // waited for only after EAGAIN, and a timer heap consulted every iteration.
+// W3 also has uring, a raw io_uring state machine (no timers: not for W5), and xiio-uring,
+// the xiio code on xiio's io_uring backend.
 // The measured region starts once the loop runs and the idle sleepers (if any) wait,
 // and ends when the last pair finished: the same region for W3 and W5, so that their
 // ratio is the cost of the idle population alone.
