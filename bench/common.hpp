@@ -1,7 +1,8 @@
 #pragma once
 // What every benchmark shares: arguments, the measured region, and the result lines.
 //
-// Every benchmark runs one or all implementations (`--impl raw|xiio|asio|all`) of one or
+// Every benchmark runs one or all implementations (`--impl raw|xiio|asio|uring|xiio-uring|all`;
+// a workload without an implementation skips it) of one or
 // all of its cases (`--case NAME|all`), `--runs R` times each, and prints one line per run:
 //   RESULT workload=W3 case=P1 impl=xiio run=0 ops=200000 ns_per_op=1234.5 key=value...
 // bench/run starts one process per (workload, case, impl) and turns these lines into its
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -97,10 +99,42 @@ inline Args parse(int argc, char** argv, long default_n) {
         else
             a.opts[key] = value;
     }
-    if (a.impl != "all" && a.impl != "raw" && a.impl != "xiio" && a.impl != "asio")
-        throw std::invalid_argument("--impl: raw, xiio, asio or all");
+    if (a.impl != "all" && a.impl != "raw" && a.impl != "xiio" && a.impl != "asio" &&
+        a.impl != "uring" && a.impl != "xiio-uring")
+        throw std::invalid_argument("--impl: raw, xiio, asio, uring, xiio-uring or all");
     return a;
 }
+
+/// The implementation `xiio` runs xiio on its epoll backend, `xiio-uring` the same code on
+/// its io_uring backend: xiio::run() picks the backend from XIIO_BACKEND. Set for the
+/// lifetime of this object (the measure() call of one implementation), then restored.
+class Backend {
+public:
+    explicit Backend(const char* name) {
+        if (const char* old = std::getenv("XIIO_BACKEND"))
+            old_ = old;
+        else
+            had_ = false;
+        ::setenv("XIIO_BACKEND", name, 1);
+    }
+    ~Backend() {
+        if (had_)
+            ::setenv("XIIO_BACKEND", old_.c_str(), 1);
+        else
+            ::unsetenv("XIIO_BACKEND");
+    }
+    Backend(const Backend&) = delete;
+    Backend& operator=(const Backend&) = delete;
+
+    /// The backend of implementation `impl` ("xiio" or "xiio-uring").
+    static const char* of(std::string_view impl) noexcept {
+        return impl == "xiio-uring" ? "io_uring" : "epoll";
+    }
+
+private:
+    std::string old_;
+    bool had_ = true;
+};
 
 /// The measured region: wall clock and, under callgrind, the counted instructions.
 /// Construct it right before the work (loop creation included) and call stop() right after.

@@ -2,8 +2,13 @@
 // does R request/responses of 64 bytes (send, then read the 64-byte echo) and checks every
 // echo. xiio (Listener/Socket), Asio (co_spawn + use_awaitable) and a raw epoll state
 // machine. ns per request (the region includes listen, connect and accept of every client)
-// and requests/s.
+// and requests/s. That is case `echo` (xiio also as xiio-uring, on its io_uring backend).
+// Cases c1, c100, c1000 (echo_remote.hpp): the server alone here, on --loops N threads,
+// the clients in another process; raw epoll and raw io_uring servers in echo_servers.hpp,
+// xiio's and Asio's below.
 #include "common.hpp"
+#include "echo_remote.hpp"
+#include "echo_servers.hpp"
 
 #include <xiio.hpp>
 
@@ -11,7 +16,10 @@
 #include <cerrno>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -80,6 +88,34 @@ bench::Sample run_xiio(int clients, int requests) {
     double ns = region.stop();
     bench::check(ok == static_cast<long>(clients) * requests, "xiio: missing echoes");
     return sample(ns, ok);
+}
+
+/// W4 c1/c100/c1000: one server loop on its own thread; the clients are another process.
+xiio::Task<void> xiio_stop_on(int stop, xiio::TaskGroup& tg) {
+    co_await xiio::wait_readable(stop);
+    tg.cancel();
+}
+
+void serve_xiio(int listener, int stop) {
+    xiio::run([&]() -> xiio::Task<void> {
+        co_await xiio::task_group([&](xiio::TaskGroup& tg) -> xiio::Task<void> {
+            tg.add_task(xiio_stop_on(stop, tg));
+            // The SO_REUSEPORT listener is made by hand (echo_remote.hpp) and shared by no
+            // other loop; accepting on it is setup, outside the measured region.
+            for (;;) {
+                int fd = ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                    if (errno != EAGAIN && errno != EWOULDBLOCK)
+                        throw std::system_error(errno, std::system_category(), "xiio: accept4");
+                    co_await xiio::wait_readable(listener);
+                    continue;
+                }
+                int one = 1;
+                ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                tg.add_task(xiio_serve(xiio::Socket(xiio::Fd(fd))));
+            }
+        });
+    }());
 }
 
 // ---- raw: an epoll state machine -----------------------------------------------------------
@@ -352,12 +388,93 @@ bench::Sample run_asio(int clients, int requests) {
     bench::check(ok == static_cast<long>(clients) * requests, "asio: missing echoes");
     return sample(ns, ok);
 }
+
+asio::awaitable<void> asio_accept_all(tcp::acceptor& acc) {
+    for (;;) {
+        tcp::socket s = co_await acc.async_accept(asio::use_awaitable);
+        s.set_option(tcp::no_delay(true));
+        asio::co_spawn(acc.get_executor(), asio_serve(std::move(s)), asio::detached);
+    }
+}
+
+/// W4 c1/c100/c1000: one io_context on its own thread; the clients are another process.
+void serve_asio(int listener, int stop) {
+    asio::io_context ctx(1);
+    tcp::acceptor acc(ctx);
+    acc.assign(tcp::v4(), ::dup(listener)); // the acceptor and the descriptor own dups
+    asio::posix::stream_descriptor stop_fd(ctx, ::dup(stop));
+    stop_fd.async_wait(asio::posix::stream_descriptor::wait_read,
+                       [&](asio::error_code) { ctx.stop(); });
+    asio::co_spawn(ctx, asio_accept_all(acc), [](std::exception_ptr e) {
+        if (e)
+            std::rethrow_exception(e);
+    });
+    ctx.run();
+}
 #endif
 
 } // namespace
 
-int main(int argc, char** argv) {
+// W4 c1, c100, c1000: the server under test here, the clients in another process.
+void run_remote_cases(const bench::Args& a, bool quick_sizes) {
+    int loops = static_cast<int>(a.get("loops", 1));
+    if (loops < 1)
+        throw std::invalid_argument("--loops: at least 1");
+    // The path of this binary, to start it again as the client process. Read once here:
+    // under valgrind /proc/self/exe is valgrind itself, but readlink() of it says ours.
+    char self[4096];
+    ssize_t len = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0)
+        throw std::runtime_error("readlink /proc/self/exe failed");
+    self[len] = 0;
+    struct Case {
+        const char* name;
+        int clients, requests;
+    };
+    // About 1 s each on the 2-core development VM; --quick a tenth.
+    const Case cases[] = {{"c1", 1, 40'000}, {"c100", 100, 500}, {"c1000", 1000, 50}};
+    for (const Case& k : cases) {
+        if (!a.wants_case(k.name))
+            continue;
+        int requests = static_cast<int>(a.get("requests", k.requests / (quick_sizes ? 10 : 1)));
+        long ops = static_cast<long>(k.clients) * requests;
+        auto name = loops == 1 ? std::string(k.name) : fmt::format("{}x{}", k.name, loops);
+        fmt::print("W4 {}: {} clients (another process) x {} requests of {} bytes, the server on "
+                   "{} loop(s); ns per request (server wall time)\n",
+                   name, k.clients, requests, msg_size, loops);
+        auto measure = [&](const char* impl, const remote::ServeFn& serve) {
+            if (a.wants_impl(impl))
+                bench::measure(a, "W4", name, impl, ops, [&] {
+                    return remote::run(serve, self, k.clients, requests, loops);
+                });
+        };
+        measure("raw", remote::serve_raw);
+        for (const char* impl : {"xiio", "xiio-uring"}) {
+            bench::Backend backend(bench::Backend::of(impl));
+            measure(impl, serve_xiio);
+        }
+#ifdef XIIO_BENCH_ASIO
+        measure("asio", serve_asio);
+#endif
+        if (int err = a.wants_impl("uring") ? bench::uring::unavailable() : 0)
+            fmt::print("  uring: no io_uring here ({}): skipped\n", std::strerror(err));
+        else
+            measure("uring", [&](int listener, int stop) {
+                remote::serve_uring(listener, stop, k.clients);
+            });
+    }
+}
+
+int main(int argc, char** argv) try {
     auto a = bench::parse(argc, argv, 2000);
+    if (a.opts.count("clients-only")) // the client process of the cases c1, c100, c1000
+        return remote::clients_main(static_cast<int>(a.get("clients-only", 3)),
+                                    static_cast<std::uint16_t>(a.get("port", 0)),
+                                    static_cast<int>(a.get("clients", 1)),
+                                    static_cast<int>(a.get("requests", 1)));
+    run_remote_cases(a, a.get("quick", 0) != 0);
+    if (!a.wants_case("echo"))
+        return 0;
     int clients = static_cast<int>(a.get("clients", 100));
     int requests = static_cast<int>(a.get("requests", a.n));
     long ops = static_cast<long>(clients) * requests;
@@ -366,10 +483,16 @@ int main(int argc, char** argv) {
                clients, requests, msg_size);
     if (a.wants_impl("raw"))
         bench::measure(a, "W4", "echo", "raw", ops, [&] { return run_raw(clients, requests); });
-    if (a.wants_impl("xiio"))
-        bench::measure(a, "W4", "echo", "xiio", ops, [&] { return run_xiio(clients, requests); });
+    for (const char* impl : {"xiio", "xiio-uring"})
+        if (a.wants_impl(impl)) {
+            bench::Backend backend(bench::Backend::of(impl));
+            bench::measure(a, "W4", "echo", impl, ops, [&] { return run_xiio(clients, requests); });
+        }
 #ifdef XIIO_BENCH_ASIO
     if (a.wants_impl("asio"))
         bench::measure(a, "W4", "echo", "asio", ops, [&] { return run_asio(clients, requests); });
 #endif
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_echo: %s\n", e.what());
+    return 1;
 }

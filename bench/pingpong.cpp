@@ -11,10 +11,13 @@
 // connect_pair, with async_write and async_read; raw: an epoll state machine, each fd
 // registered once (EPOLLIN, level-triggered), every read and write tried first and
 // waited for only after EAGAIN, and a timer heap consulted every iteration.
+// W3 also has uring, a raw io_uring state machine (no timers: not for W5), and xiio-uring,
+// the xiio code on xiio's io_uring backend.
 // The measured region starts once the loop runs and the idle sleepers (if any) wait,
 // and ends when the last pair finished: the same region for W3 and W5, so that their
 // ratio is the cost of the idle population alone.
 #include "common.hpp"
+#include "uring.hpp"
 
 #include <xiio.hpp>
 
@@ -25,6 +28,7 @@
 #include <queue>
 #include <span>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include <sys/epoll.h>
@@ -277,6 +281,121 @@ bench::Sample run_raw(const Params& p) {
     return {ns / static_cast<double>(p.ops())};
 }
 
+// ---- uring: a raw io_uring state machine ---------------------------------------------------
+
+// Completion-based: every end always has its next operation in flight, and one
+// io_uring_enter per iteration submits all that is queued and waits for at least one
+// completion. No readiness, no EAGAIN: a receive with nothing to read waits inside the
+// kernel. A message goes out as a send linked to the receive of what comes back
+// (bench::uring::send_then_recv): the send posts no completion when it succeeds, both use
+// MSG_WAITALL (the kernel finishes a short transfer itself), so per message there is one
+// completion, a whole 64-byte receive. The initiator sends, then receives the echo; the
+// responder receives, then sends it back out of the same buffer and receives the next.
+class UringPingPong {
+public:
+    explicit UringPingPong(const Params& p)
+        : ring_(static_cast<unsigned>(4 * p.pairs + 8), static_cast<unsigned>(4 * p.pairs + 8)) {
+        for (auto [a, b] : socketpairs(p.pairs)) {
+            ends_.push_back({a, true, p.trips});
+            ends_.push_back({b, false, p.trips});
+        }
+        pairs_left_ = p.pairs;
+    }
+    ~UringPingPong() {
+        for (auto& e : ends_)
+            ::close(e.fd);
+    }
+    UringPingPong(const UringPingPong&) = delete;
+    UringPingPong& operator=(const UringPingPong&) = delete;
+
+    const char* mode() const noexcept { return ring_.mode(); }
+
+    long run() {
+        for (auto& e : ends_) {
+            if (e.initiator) {
+                e.out.fill('.');
+                stamp(e.out, 0);
+                exchange(e, e.out);
+            } else {
+                auto* sqe = ring_.get_sqe();
+                bench::uring::prep_rw(sqe, IORING_OP_RECV, e.fd, e.in.data(), msg_size, tag(e));
+                sqe->msg_flags = MSG_WAITALL;
+            }
+        }
+        __kernel_timespec limit{10, 0}; // a benchmark that stalls fails instead of hanging
+        while (pairs_left_ > 0) {
+            if (!ring_.submit_and_wait(1, &limit))
+                throw std::runtime_error("uring: no completion in 10 s");
+            ring_.for_each_cqe([this](const io_uring_cqe& c) { complete(c); });
+        }
+        return done_;
+    }
+
+private:
+    struct alignas(8) End {
+        int fd;
+        bool initiator;
+        long left; // messages still to receive (responder) or echoes to get (initiator)
+        Message out{}, in{};
+    };
+    static constexpr std::uint64_t send_bit = 1; // user_data: End* | send_bit for the send
+    static std::uint64_t tag(End& e) noexcept { return reinterpret_cast<std::uintptr_t>(&e); }
+
+    /// Sends `m` and then receives the next 64 bytes into e.in.
+    void exchange(End& e, const Message& m) {
+        bench::uring::send_then_recv(ring_, e.fd, m.data(), msg_size, tag(e) | send_bit,
+                                     e.in.data(), msg_size, MSG_WAITALL, tag(e));
+    }
+
+    void complete(const io_uring_cqe& c) {
+        auto* e = reinterpret_cast<End*>(c.user_data & ~send_bit);
+        if (c.user_data & send_bit) { // posted only on failure (or where CQEs cannot be skipped)
+            if (c.res != static_cast<int>(msg_size))
+                throw std::system_error(c.res < 0 ? -c.res : EIO, std::system_category(),
+                                        "uring: send");
+            return;
+        }
+        if (c.res != static_cast<int>(msg_size))
+            throw std::system_error(c.res < 0 ? -c.res : EIO, std::system_category(),
+                                    "uring: recv (short: end of stream)");
+        --e->left;
+        if (e->initiator) {
+            bench::check(e->in == e->out, "uring: wrong echo");
+            ++done_;
+            if (e->left == 0) {
+                --pairs_left_;
+                return;
+            }
+            stamp(e->out, done_);
+            exchange(*e, e->out);
+        } else if (e->left > 0) {
+            exchange(*e, e->in); // the receive starts once the echo is out: one buffer
+        } else {
+            auto* sqe = ring_.get_sqe(); // the last echo
+            bench::uring::prep_rw(sqe, IORING_OP_SEND, e->fd, e->in.data(), msg_size,
+                                  tag(*e) | send_bit);
+            sqe->msg_flags = MSG_WAITALL | MSG_NOSIGNAL;
+        }
+    }
+
+    std::vector<End> ends_; // never resized after SQEs point into it
+    // Declared after ends_, so destroyed first: closing the ring cancels what is still in
+    // flight (after an error) before the buffers it points into go.
+    bench::uring::Ring ring_;
+    long pairs_left_ = 0;
+    long done_ = 0;
+};
+
+bench::Sample run_uring(const Params& p, std::string& mode) {
+    UringPingPong loop(p);
+    mode = loop.mode();
+    bench::Region region;
+    long done = loop.run();
+    double ns = region.stop();
+    bench::check(done == p.ops(), "uring: missing round trips");
+    return {ns / static_cast<double>(p.ops())};
+}
+
 // ---- Asio ----------------------------------------------------------------------------------
 
 #ifdef XIIO_BENCH_ASIO
@@ -365,8 +484,19 @@ int main(int argc, char** argv) {
                w, p.pairs, p.trips, msg_size, p.idle);
     if (a.wants_impl("raw"))
         bench::measure(a, w, c, "raw", p.ops(), [&] { return run_raw(p); });
-    if (a.wants_impl("xiio"))
-        bench::measure(a, w, c, "xiio", p.ops(), [&] { return run_xiio(p); });
+    for (const char* impl : {"xiio", "xiio-uring"})
+        if (a.wants_impl(impl)) {
+            bench::Backend backend(bench::Backend::of(impl));
+            bench::measure(a, w, c, impl, p.ops(), [&] { return run_xiio(p); });
+        }
+    // No uring case for W5: its point is a loop with timers, which the raw uring loop lacks.
+    if (int err = a.wants_impl("uring") && p.idle == 0 ? bench::uring::unavailable() : 0)
+        fmt::print("  uring: no io_uring here ({}): skipped\n", std::strerror(err));
+    else if (a.wants_impl("uring") && p.idle == 0) {
+        std::string mode;
+        bench::measure(a, w, c, "uring", p.ops(), [&] { return run_uring(p, mode); });
+        fmt::print("  uring setup: {}\n", mode);
+    }
 #ifdef XIIO_BENCH_ASIO
     if (a.wants_impl("asio"))
         bench::measure(a, w, c, "asio", p.ops(), [&] { return run_asio(p); });
