@@ -1,10 +1,11 @@
 #pragma once
 // The completion backend, on io_uring through the kernel's ABI (<linux/io_uring.h>, mmap
-// and two syscalls; no liburing). An operation (a read, a write, a recv, a send: see
-// FdNode::io) is handed to the kernel whole and reported done; any other wait on an fd
-// becomes a one-shot poll operation, after which FdNode::perform runs the syscall as under
-// epoll. Everything queued while the ready tasks run goes to the kernel in the one
-// io_uring_enter that also waits: a request/response costs one syscall, not four.
+// and two syscalls, in detail/io_uring_ring.hpp; no liburing). An operation (a read, a
+// write, a recv, a send: see FdNode::io) is handed to the kernel whole and reported done;
+// any other wait on an fd becomes a one-shot poll operation, after which FdNode::perform
+// runs the syscall as under epoll. Everything queued while the ready tasks run goes to
+// the kernel in the one io_uring_enter that also waits: a request/response costs one
+// syscall, not four.
 //
 // Who owns what. Each operation in the kernel has a record here (ops_), named in the
 // submission's user_data; the node it serves lives in a coroutine frame. A poll operation
@@ -20,22 +21,19 @@
 // no-op, so a closed fd's number never reaches the kernel after close().
 
 #include <xiio/detail/backend.hpp>
+#include <xiio/detail/io_uring_ring.hpp>
 #include <xiio/detail/sys.hpp>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
-#include <cstring>
-#include <exception>
+#include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <poll.h>
-#include <signal.h>
-#include <sys/mman.h>
 
 namespace xiio::detail {
 
@@ -45,8 +43,8 @@ struct IoUringParams {
 
 class IoUringBackend final : public IoBackend {
 public:
-    IoUringBackend(Loop& loop, IoUringParams params) : IoBackend(loop, true) {
-        setup(params.entries);
+    IoUringBackend(Loop& loop, IoUringParams params)
+        : IoBackend(loop, true), ring_(params.entries) {
         wake_.kind = Op::wakeup;
     }
     ~IoUringBackend() override {
@@ -61,12 +59,9 @@ public:
         // must not turn into a hang.
         const auto until = Clock::now() + std::chrono::seconds(5);
         while (in_kernel_ > 0 && Clock::now() < until) {
-            enter(true, std::min(until, Clock::now() + std::chrono::milliseconds(100)));
+            ring_.enter(true, std::min(until, Clock::now() + std::chrono::milliseconds(100)));
             reap(true);
         }
-        ::munmap(sqes_, sqes_size_);
-        ::munmap(rings_, rings_size_);
-        ::close(ring_);
     }
 
     void claim(int fd, std::uint64_t serial) override { fds_.claim(fd, serial); }
@@ -150,7 +145,7 @@ public:
         // The read holds the eventfd's file, not its number: wait until it let go.
         const auto until = Clock::now() + std::chrono::seconds(5);
         while (wake_.busy && Clock::now() < until) {
-            enter(true, std::min(until, Clock::now() + std::chrono::milliseconds(100)));
+            ring_.enter(true, std::min(until, Clock::now() + std::chrono::milliseconds(100)));
             reap(true);
         }
     }
@@ -176,10 +171,10 @@ public:
 
     void wait(Clock::time_point deadline) override {
         const bool block = deadline != Clock::time_point::min();
-        if (!block && queued() == 0 && fd_waiters == 0 && !wake_pending_)
+        if (!block && ring_.queued() == 0 && fd_waiters == 0 && !wake_pending_)
             return; // work is ready and nothing could complete: no syscall
         for (;;) {
-            if (enter(block && !wake_pending_, deadline) >= 0)
+            if (ring_.enter(block && !wake_pending_, deadline) >= 0)
                 return;
             if (errno == ETIME)
                 return;
@@ -216,122 +211,27 @@ private:
         std::uint64_t serial = 0;
     };
 
-    void setup(unsigned entries) {
-        io_uring_params p{};
-        p.flags = IORING_SETUP_CQSIZE;
-        p.cq_entries = entries * 4;
-        // Fastest first: completions are only posted when the loop asks for them (no
-        // interrupt of the running task), then cooperative task running, then plain.
-        const unsigned tries[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-                                  IORING_SETUP_COOP_TASKRUN, 0};
-        int fd = -1;
-        for (unsigned extra : tries) {
-            io_uring_params q = p;
-            q.flags |= extra;
-            fd = sys::io_uring_setup(entries, &q);
-            if (fd >= 0) {
-                p = q;
-                break;
-            }
-            if (errno != EINVAL)
-                break;
-        }
-        if (fd < 0)
-            throw_errno("io_uring_setup");
-        ring_ = fd;
-        constexpr unsigned needed =
-            IORING_FEAT_SINGLE_MMAP | IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG;
-        if ((p.features & needed) != needed) {
-            ::close(ring_);
-            throw_errno("io_uring_setup (kernel 5.11 or later needed)", ENOSYS);
-        }
-        rings_size_ = std::max<std::size_t>(p.sq_off.array + p.sq_entries * sizeof(unsigned),
-                                            p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe));
-        rings_ = ::mmap(nullptr, rings_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                        ring_, IORING_OFF_SQ_RING);
-        if (rings_ == MAP_FAILED) {
-            int err = errno;
-            ::close(ring_);
-            throw_errno("mmap", err);
-        }
-        sqes_size_ = p.sq_entries * sizeof(io_uring_sqe);
-        void* sqes = ::mmap(nullptr, sqes_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                            ring_, IORING_OFF_SQES);
-        if (sqes == MAP_FAILED) {
-            int err = errno;
-            ::munmap(rings_, rings_size_);
-            ::close(ring_);
-            throw_errno("mmap", err);
-        }
-        sqes_ = static_cast<io_uring_sqe*>(sqes);
-        auto* base = static_cast<char*>(rings_);
-        sq_head_ = reinterpret_cast<unsigned*>(base + p.sq_off.head);
-        sq_tail_ = reinterpret_cast<unsigned*>(base + p.sq_off.tail);
-        sq_flags_ = reinterpret_cast<unsigned*>(base + p.sq_off.flags);
-        sq_array_ = reinterpret_cast<unsigned*>(base + p.sq_off.array);
-        sq_entries_ = p.sq_entries;
-        sq_mask_ = *reinterpret_cast<unsigned*>(base + p.sq_off.ring_mask);
-        cq_head_ = reinterpret_cast<unsigned*>(base + p.cq_off.head);
-        cq_tail_ = reinterpret_cast<unsigned*>(base + p.cq_off.tail);
-        cq_mask_ = *reinterpret_cast<unsigned*>(base + p.cq_off.ring_mask);
-        cqes_ = reinterpret_cast<io_uring_cqe*>(base + p.cq_off.cqes);
-        tail_ = *sq_tail_;
-    }
-
-    static unsigned load_acquire(const unsigned* p) noexcept {
-        return std::atomic_ref<const unsigned>(*p).load(std::memory_order_acquire);
-    }
-    static void store_release(unsigned* p, unsigned v) noexcept {
-        std::atomic_ref<unsigned>(*p).store(v, std::memory_order_release);
-    }
-
-    /// Submissions queued and not yet consumed by the kernel.
-    unsigned queued() const noexcept { return tail_ - load_acquire(sq_head_); }
-
-    /// Whether the submission at `id` was not consumed yet: it is then turned into a
+    /// Whether the submission of `id` was not consumed yet: it is then turned into a
     /// no-op, which the kernel completes without looking at its fd or buffer.
     bool taken_back(std::uint64_t id) noexcept {
         const Op& op = id == wake_tag ? wake_ : ops_[id - 1];
-        if (static_cast<int>(op.sqe_pos - load_acquire(sq_head_)) < 0)
+        if (!ring_.take_back(op.sqe_pos, ignored_tag))
             return false;
-        io_uring_sqe& sqe = sqes_[op.sqe_pos & sq_mask_];
-        std::memset(&sqe, 0, sizeof sqe);
-        sqe.opcode = IORING_OP_NOP;
-        sqe.user_data = ignored_tag;
         if (id != wake_tag)
             count(Counter::registrations, -1);
         --in_kernel_;
         return true;
     }
 
-    /// Room for one submission: when the ring is full, what it holds goes to the kernel
-    /// first (which cannot fail for lack of room: the completion queue overflows into the
-    /// kernel's memory rather than drop a completion, IORING_FEAT_NODROP).
-    /// `counted`: an operation for a wait, counted as a registration by the leak
-    /// accounting (the wake-up read is counted by the loop, cancellations are not waited for).
+    /// Room for one submission, its completion to come. `counted`: an operation for a
+    /// wait, counted as a registration by the leak accounting (the wake-up read is
+    /// counted by the loop, cancellations are not waited for).
     io_uring_sqe& next_sqe(std::uint32_t& pos, bool counted = true) noexcept {
-        for (int tries = 0; queued() >= sq_entries_; ++tries) {
-            int r = sys::io_uring_enter(ring_, queued(), 0, 0, nullptr, 0);
-            if (r < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY)
-                fatal("io_uring_enter");
-            if (tries > 1000000)
-                fatal("io_uring_enter: the submission queue does not drain");
-        }
-        pos = tail_;
-        io_uring_sqe& sqe = sqes_[tail_ & sq_mask_];
-        sq_array_[tail_ & sq_mask_] = tail_ & sq_mask_;
-        ++tail_;
-        store_release(sq_tail_, tail_);
-        std::memset(&sqe, 0, sizeof sqe);
+        io_uring_sqe& sqe = ring_.next_sqe(pos);
         ++in_kernel_;
         if (counted)
             count(Counter::registrations, 1);
         return sqe;
-    }
-
-    [[noreturn]] static void fatal(const char* what) noexcept {
-        std::fprintf(stderr, "xiio: %s: %s\n", what, std::strerror(errno));
-        std::terminate();
     }
 
     std::uint32_t new_op() {
@@ -447,58 +347,20 @@ private:
             return; // a poll writes nothing into the frame
         // A read may still write into the dying frame: wait until the kernel let go.
         while (ops_[id - 1].kind != Op::free) {
-            if (enter(true, Clock::time_point::max()) < 0 && errno != EINTR && errno != EAGAIN &&
-                errno != EBUSY)
-                fatal("io_uring_enter");
+            if (ring_.enter(true, Clock::time_point::max()) < 0 && errno != EINTR &&
+                errno != EAGAIN && errno != EBUSY)
+                IoRing::fatal("io_uring_enter");
             reap(true);
         }
-    }
-
-    /// io_uring_enter: submits what is queued; with `block`, waits for one completion
-    /// until `deadline`. Returns what the syscall returned (errno set).
-    int enter(bool block, Clock::time_point deadline) noexcept {
-        unsigned flags = IORING_ENTER_GETEVENTS; // runs deferred completions, even without waiting
-        __kernel_timespec ts{};
-        io_uring_getevents_arg arg{};
-        const void* argp = nullptr;
-        std::size_t argsz = 0;
-        if (block && deadline != Clock::time_point::max()) {
-            auto now = Clock::now();
-            auto left = deadline > now
-                            ? std::chrono::ceil<std::chrono::nanoseconds>(deadline - now).count()
-                            : 0;
-            ts.tv_sec = left / 1'000'000'000;
-            ts.tv_nsec = left % 1'000'000'000;
-            arg.ts = reinterpret_cast<std::uintptr_t>(&ts);
-            flags |= IORING_ENTER_EXT_ARG;
-            argp = &arg;
-            argsz = sizeof arg;
-        }
-        return sys::io_uring_enter(ring_, queued(), block ? 1 : 0, flags, argp, argsz);
     }
 
     /// Handles every completion posted. `quiet`: inside drop(), where the wake-up only
     /// notes that the loop is to run what other threads posted.
     void reap(bool quiet) noexcept {
-        for (;;) {
-            unsigned head = *cq_head_;
-            unsigned tail = load_acquire(cq_tail_);
-            if (head == tail) {
-                if (!(load_acquire(sq_flags_) & IORING_SQ_CQ_OVERFLOW))
-                    break;
-                // Completions the ring had no room for wait in the kernel: fetch them.
-                sys::io_uring_enter(ring_, 0, 0, IORING_ENTER_GETEVENTS, nullptr, 0);
-                continue;
-            }
-            for (; head != tail; ++head) {
-                const io_uring_cqe& cqe = cqes_[head & cq_mask_];
-                std::uint64_t tag = cqe.user_data;
-                int res = cqe.res;
-                store_release(cq_head_, head + 1);
-                if (tag != ignored_tag)
-                    complete(tag, res, quiet);
-            }
-        }
+        ring_.reap([&](std::uint64_t tag, int res) {
+            if (tag != ignored_tag)
+                complete(tag, res, quiet);
+        });
         if (wake_pending_ && !quiet) {
             wake_pending_ = false;
             run_remote(loop_);
@@ -589,23 +451,7 @@ private:
         --fd_waiters;
     }
 
-    int ring_ = -1;
-    void* rings_ = nullptr;
-    std::size_t rings_size_ = 0;
-    io_uring_sqe* sqes_ = nullptr;
-    std::size_t sqes_size_ = 0;
-    unsigned* sq_head_ = nullptr;
-    unsigned* sq_tail_ = nullptr;
-    unsigned* sq_flags_ = nullptr;
-    unsigned* sq_array_ = nullptr;
-    unsigned sq_entries_ = 0;
-    unsigned sq_mask_ = 0;
-    unsigned tail_ = 0; // ours: the kernel's copy is published with each submission
-    unsigned* cq_head_ = nullptr;
-    unsigned* cq_tail_ = nullptr;
-    unsigned cq_mask_ = 0;
-    io_uring_cqe* cqes_ = nullptr;
-
+    IoRing ring_;
     std::vector<Op> ops_;
     std::uint32_t free_ = 0;    // first free record, +1
     std::size_t in_kernel_ = 0; // submissions whose completion is still to come
