@@ -328,7 +328,7 @@ public:
 
     /// Whether the backend performs operations itself (io_uring): an awaitable then hands
     /// them over whole instead of trying the syscall first.
-    bool completes_io() const noexcept { return backend_->completes_io; }
+    bool completes_io() const noexcept { return !epoll_; }
 
     /// The Fd that claimed registration `serial` of `fd` is closed or released: drop the
     /// registration, fail its waiters. Nothing if that registration is gone already.
@@ -497,7 +497,7 @@ private:
                 deadline = Clock::time_point::min(); // completions are queued: do not block
         }
         try {
-            backend_->wait(deadline);
+            epoll_ ? epoll_->wait(deadline) : backend_->wait(deadline);
         } catch (...) {
             if (may_sleep)
                 remote_->awake();
@@ -507,7 +507,7 @@ private:
             remote_->awake();
         if (remote_ && remote_->pending()) // posted while awake: nothing was written
             run_remote();
-        backend_->deliver();
+        epoll_ ? epoll_->deliver() : backend_->deliver();
         fire_timers();
     }
 

@@ -39,13 +39,42 @@ public:
     /// it lasts as long as the Fd. Any other serial (the Fd was closed meanwhile, or
     /// claimed by another loop) makes a transient wait, as for an int.
     bool attach(FdNode& n, std::uint64_t serial) override {
-        if (serial) { // the fast path
+        if (serial) { // the fast path, inlined into the awaitables
             if (FdEntry* e = fds_.find(n.fd);
                 e && e->serial == serial && (e->armed & n.events) == n.events) {
                 link(*e, n);
                 return true;
             }
         }
+        return register_node(n);
+    }
+
+    void detach(FdNode& n) noexcept override {
+        FdEntry& e = *fds_.find(n.fd);
+        unlink(e, n);
+        if (e.serial)
+            return;
+        if (!e.head)
+            unregister(n.fd, e);
+        else
+            rearm(n.fd, e);
+    }
+
+    bool forget(int fd, std::uint64_t serial) noexcept override {
+        FdEntry* e = fds_.find(fd);
+        if (!e || e->serial != serial)
+            return false;
+        fail_closed(loop_, e->head, fd_waiters, [](FdNode&) {});
+        if (e->registered) {
+            poller_->remove(fd);
+            count(Counter::registrations, -1);
+        }
+        *e = FdEntry{};
+        return true;
+    }
+
+    /// attach() when the fd's interest must change first, or the fd is an int's.
+    [[gnu::noinline]] bool register_node(FdNode& n) {
         if (n.fd < 0)
             throw_errno("epoll_ctl", EBADF);
         take_orphans(loop_); // before trusting an entry: its number may be reused
@@ -78,30 +107,6 @@ public:
         if (err)
             throw_errno("epoll_ctl", err);
         link(e, n); // last: nothing above is to be undone if it throws
-        return true;
-    }
-
-    void detach(FdNode& n) noexcept override {
-        FdEntry& e = *fds_.find(n.fd);
-        unlink(e, n);
-        if (e.serial)
-            return;
-        if (!e.head)
-            unregister(n.fd, e);
-        else
-            rearm(n.fd, e);
-    }
-
-    bool forget(int fd, std::uint64_t serial) noexcept override {
-        FdEntry* e = fds_.find(fd);
-        if (!e || e->serial != serial)
-            return false;
-        fail_closed(loop_, e->head, fd_waiters, [](FdNode&) {});
-        if (e->registered) {
-            poller_->remove(fd);
-            count(Counter::registrations, -1);
-        }
-        *e = FdEntry{};
         return true;
     }
 
