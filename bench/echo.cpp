@@ -450,6 +450,9 @@ void run_remote_cases(const bench::Args& a, bool quick_sizes) {
         };
         measure("raw", remote::serve_raw);
         for (const char* impl : {"xiio", "xiio-uring"}) {
+            if (impl == std::string_view("xiio-uring") && a.wants_impl(impl) &&
+                bench::uring::xiio_refused())
+                continue;
             bench::Backend backend(bench::Backend::of(impl));
             measure(impl, serve_xiio);
         }
@@ -484,7 +487,8 @@ int main(int argc, char** argv) try {
     if (a.wants_impl("raw"))
         bench::measure(a, "W4", "echo", "raw", ops, [&] { return run_raw(clients, requests); });
     for (const char* impl : {"xiio", "xiio-uring"})
-        if (a.wants_impl(impl)) {
+        if (a.wants_impl(impl) &&
+            !(impl == std::string_view("xiio-uring") && bench::uring::xiio_refused())) {
             bench::Backend backend(bench::Backend::of(impl));
             bench::measure(a, "W4", "echo", impl, ops, [&] { return run_xiio(clients, requests); });
         }

@@ -485,7 +485,8 @@ int main(int argc, char** argv) {
     if (a.wants_impl("raw"))
         bench::measure(a, w, c, "raw", p.ops(), [&] { return run_raw(p); });
     for (const char* impl : {"xiio", "xiio-uring"})
-        if (a.wants_impl(impl)) {
+        if (a.wants_impl(impl) &&
+            !(impl == std::string_view("xiio-uring") && bench::uring::xiio_refused())) {
             bench::Backend backend(bench::Backend::of(impl));
             bench::measure(a, w, c, impl, p.ops(), [&] { return run_xiio(p); });
         }

@@ -8,12 +8,15 @@
 // and publishes them by storing the CQ tail, we consume them and advance the CQ head.
 // Each side's store of its index is a release (what it wrote before is visible to whoever
 // sees the new index) and each side's load of the other's index an acquire.
+#include <xiio.hpp>
+
 #include <linux/io_uring.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -48,6 +51,23 @@ inline int unavailable() noexcept {
         return errno;
     ::close(fd);
     return 0;
+}
+
+/// Whether xiio's io_uring backend is refused here (where io_uring is, or the kernel lacks
+/// what the backend needs): the xiio-uring implementation is skipped then, not failed.
+/// Says why, once.
+inline bool xiio_refused() {
+    static const bool refused = [] {
+        try {
+            xiio::run([]() -> xiio::Task<void> { co_return; }(),
+                      {.backend = xiio::Backend::io_uring});
+            return false;
+        } catch (const std::system_error& e) {
+            std::fprintf(stderr, "  xiio-uring: %s: skipped\n", e.what());
+            return true;
+        }
+    }();
+    return refused;
 }
 
 class Ring {
