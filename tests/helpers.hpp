@@ -6,10 +6,12 @@
 #include <xiio.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -105,6 +107,35 @@ void assert_duration(Ms expected, F f, Ms slack = 100ms) {
 inline long elapsed_ms(xiio::Clock::time_point start) {
     return static_cast<long>(std::chrono::duration_cast<Ms>(xiio::Clock::now() - start).count());
 }
+
+/// Installs `rule` as the syscall seam's injector (xiio/detail/sys.hpp) for its lifetime.
+/// The rule runs on whichever thread makes the call (workers post through an eventfd), so
+/// its state is atomic.
+class SeamInjector : public xiio::detail::sys::Injector {
+public:
+    using Call = xiio::detail::sys::Call;
+    using Rule = std::function<int(Call, int fd, std::size_t& size)>;
+    explicit SeamInjector(Rule rule) : rule_(std::move(rule)) {
+        xiio::detail::sys::injector().store(this, std::memory_order_release);
+    }
+    ~SeamInjector() override { xiio::detail::sys::injector().store(nullptr); }
+    SeamInjector(const SeamInjector&) = delete;
+    SeamInjector& operator=(const SeamInjector&) = delete;
+
+    int before(Call c, int fd, std::size_t& size) noexcept override {
+        std::size_t asked = size;
+        int e = rule_(c, fd, size);
+        if (e || size != asked)
+            ++hits_;
+        return e;
+    }
+    /// Calls the rule failed or shortened.
+    long hits() const { return hits_.load(); }
+
+private:
+    Rule rule_;
+    std::atomic<long> hits_{0};
+};
 
 /// A non-blocking, close-on-exec pipe owned by two Fds.
 struct Pipe {

@@ -19,32 +19,7 @@ using Call = xiio::detail::sys::Call;
 
 namespace {
 
-/// Installs `rule` as the seam's injector for its lifetime. The rule runs on whichever
-/// thread makes the call (workers post through an eventfd), so its state is atomic.
-class Inject : public xiio::detail::sys::Injector {
-public:
-    using Rule = std::function<int(Call, int fd, std::size_t& size)>;
-    explicit Inject(Rule rule) : rule_(std::move(rule)) {
-        xiio::detail::sys::injector().store(this, std::memory_order_release);
-    }
-    ~Inject() override { xiio::detail::sys::injector().store(nullptr); }
-    Inject(const Inject&) = delete;
-    Inject& operator=(const Inject&) = delete;
-
-    int before(Call c, int fd, std::size_t& size) noexcept override {
-        std::size_t asked = size;
-        int e = rule_(c, fd, size);
-        if (e || size != asked)
-            ++hits_;
-        return e;
-    }
-    /// Calls the rule failed or shortened.
-    long hits() const { return hits_.load(); }
-
-private:
-    Rule rule_;
-    std::atomic<long> hits_{0};
-};
+using Inject = SeamInjector;
 
 /// Fails every call of kind `c` with `err`.
 Inject::Rule fail(Call c, int err) {

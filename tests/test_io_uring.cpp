@@ -20,27 +20,7 @@ using Call = xiio::detail::sys::Call;
 
 namespace {
 
-/// Installs a rule as the syscall seam's injector while it lives.
-class Inject : public xiio::detail::sys::Injector {
-public:
-    using Rule = std::function<int(Call, int, std::size_t&)>;
-    explicit Inject(Rule rule) : rule_(std::move(rule)) {
-        xiio::detail::sys::injector().store(this, std::memory_order_release);
-    }
-    ~Inject() override { xiio::detail::sys::injector().store(nullptr); }
-    Inject(const Inject&) = delete;
-    Inject& operator=(const Inject&) = delete;
-    int before(Call c, int fd, std::size_t& size) noexcept override {
-        int e = rule_(c, fd, size);
-        if (e)
-            ++hits;
-        return e;
-    }
-    std::atomic<long> hits{0};
-
-private:
-    Rule rule_;
-};
+using Inject = SeamInjector;
 
 /// Whether io_uring works here (a sandbox may refuse it).
 bool io_uring_works() {
@@ -145,7 +125,7 @@ TEST_CASE("automatic falls back to epoll where io_uring is refused; explicit io_
             CHECK(e.code().value() == err);
             CHECK(std::string(e.what()).find("io_uring_setup") != std::string::npos);
         }
-        CHECK(refuse.hits >= 2);
+        CHECK(refuse.hits() >= 2);
     }
     if (io_uring_works())
         CHECK(xiio::run(on_io_uring())); // not refused: automatic takes it when preferred
@@ -284,7 +264,7 @@ TEST_CASE("io_uring: EINTR from io_uring_enter is waited through", "[no-valgrind
             }
         }(),
         uring);
-    CHECK(storm.hits > 10);
+    CHECK(storm.hits() > 10);
 }
 
 TEST_CASE("io_uring: an Fd closed under a pending read fails it, and the read takes nothing",
