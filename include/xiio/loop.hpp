@@ -326,8 +326,9 @@ public:
         return epoll_ ? epoll_->attach(n, serial) : backend_->attach(n, serial);
     }
 
-    /// Whether the backend performs operations itself (io_uring): an awaitable then hands
-    /// them over whole instead of trying the syscall first.
+    /// Whether the backend performs operations itself (io_uring: every backend but the
+    /// readiness one): an awaitable then hands them over whole instead of trying the
+    /// syscall first.
     bool completes_io() const noexcept { return !epoll_; }
 
     /// The Fd that claimed registration `serial` of `fd` is closed or released: drop the

@@ -30,8 +30,7 @@ inline void take_orphans(Loop& loop) noexcept;
 
 class IoBackend {
 public:
-    explicit IoBackend(Loop& loop, bool completes_io) noexcept
-        : completes_io(completes_io), loop_(loop) {}
+    explicit IoBackend(Loop& loop) noexcept : loop_(loop) {}
     virtual ~IoBackend() = default;
     IoBackend(const IoBackend&) = delete;
     IoBackend& operator=(const IoBackend&) = delete;
@@ -66,7 +65,6 @@ public:
     /// Wakes the waiters of what the last wait() collected.
     virtual void deliver() noexcept = 0;
 
-    const bool completes_io;    // operations go to the kernel whole (no try first)
     std::size_t fd_waiters = 0; // attached nodes: while any, the loop is not deadlocked
 
 protected:

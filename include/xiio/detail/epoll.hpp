@@ -22,7 +22,7 @@ namespace xiio::detail {
 class EpollBackend final : public IoBackend {
 public:
     EpollBackend(Loop& loop, std::unique_ptr<Poller> poller)
-        : IoBackend(loop, false), poller_(std::move(poller)) {}
+        : IoBackend(loop), poller_(std::move(poller)) {}
     ~EpollBackend() override {
         for (auto& e : fds_.entries()) {
             // An Fd that outlives the loop loses its registration with the epoll fd; one

@@ -43,8 +43,7 @@ struct IoUringParams {
 
 class IoUringBackend final : public IoBackend {
 public:
-    IoUringBackend(Loop& loop, IoUringParams params)
-        : IoBackend(loop, true), ring_(params.entries) {
+    IoUringBackend(Loop& loop, IoUringParams params) : IoBackend(loop), ring_(params.entries) {
         wake_.kind = Op::wakeup;
     }
     ~IoUringBackend() override {
